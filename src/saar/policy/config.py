@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from saar.policy.priors import Priors
+
 __all__ = [
     "AdaptationMode",
     "DecisionSpec",
@@ -60,7 +62,10 @@ class AdaptationMode(StrEnum):
 
 
 class Scope(StrEnum):
-    """What the router memory protects (``global.router.learning.adaptations.session_aware.scope``)."""
+    """What the router memory protects.
+
+    YAML: ``global.router.learning.adaptations.session_aware.scope``.
+    """
 
     CONVERSATION = "conversation"
     """One agent run, keyed on the conversation id; a new conversation may route afresh."""
@@ -159,6 +164,8 @@ class HybridWeights:
 
     quality_weight: float = 1.0
     cost_weight: float = 0.3
+    expected_completion_tokens: int = 256
+    """Completion tokens assumed per request when pricing a candidate (hybrid and economics)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,10 @@ class SessionAwareKnobs:
     decision_drift_reset: bool = True
     prefix_cache_weight: float = 1.0
     switch_history_weight: float = 1.0
+    cache_half_life_seconds: float = 300.0
+    """Half-life of a session's prefix-cache warmth after its last observation (KV eviction)."""
+    unhealthy_after_failures: int = 2
+    """Consecutive 5xx/429 answers after which an unlocked session moves off a backend."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +236,8 @@ class PolicyConfig:
     learning: LearningConfig = field(default_factory=LearningConfig)
     header_signals: frozenset[str] = frozenset()
     """Lower-cased header names that some decision matches on (the only headers kept as facts)."""
+    priors: Priors = field(default_factory=Priors)
+    """Quality-gap, handoff and remaining-turn priors with their defaults (``policy.priors``)."""
 
     def decision(self, name: str) -> DecisionSpec:
         """Return the decision called ``name``; raises ``KeyError`` when unknown."""

@@ -24,6 +24,7 @@ __all__ = [
     "Pin",
     "ProviderState",
     "RequestFacts",
+    "ResponseFacts",
 ]
 
 
@@ -128,3 +129,28 @@ class RequestFacts:
     def in_tool_loop(self) -> bool:
         """True when the request continues a tool exchange (results or dangling calls)."""
         return bool(self.tool_result_ids or self.pending_tool_call_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFacts:
+    """What the response path learned about one served request (status, ids, usage)."""
+
+    request_id: str
+    """The request this response answers (its replay id)."""
+    status: int
+    """HTTP status the upstream answered with."""
+    served_by: str | None = None
+    """The replica that served it, when the upstream says so (e.g. ``10.0.0.7:8000``)."""
+    response_id: str | None = None
+    """Provider response id minted by the backend (Responses ``id``), if any."""
+    tool_call_ids: tuple[str, ...] = ()
+    """Tool calls the model emitted in this response."""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
+    complete: bool = True
+    """False when a stream ended without its final event (aborted or failed mid-stream)."""
+    physical: str | None = None
+    """``model@pool`` the request was routed to (``Decision.target.key``); ``None`` = the
+    session's pending model for ``request_id``."""

@@ -1,0 +1,139 @@
+"""Composition root: the only place that picks concrete classes and wires them together.
+
+``serve`` builds settings → metrics → session store → router → gRPC server, starts the
+Prometheus endpoint, installs signal handlers (SIGTERM/SIGINT: graceful drain; SIGHUP:
+reload) and a config-file watcher, and runs until told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+from prometheus_client import start_http_server
+
+from saar.extproc.server import ExtProcServer
+from saar.observability.metrics import Metrics
+from saar.router import Router
+from saar.settings import ConfigError, ServerSettings, Settings, load_settings
+from saar.state import build_store
+
+__all__ = ["MetricsStoreObserver", "ServeOptions", "serve"]
+
+_log = structlog.get_logger("saar.app")
+
+
+class MetricsStoreObserver:
+    """Feeds the session store's hooks into Prometheus metrics and the log."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_operation(self, store: str, op: str, seconds: float, outcome: str) -> None:
+        """Record one store operation's latency and outcome."""
+        self._metrics.store_seconds.labels(store=store, op=op, outcome=outcome).observe(seconds)
+
+    def on_fallback(self, reason: str) -> None:
+        """Count a fallback (the shared store was slow or down) and say so in the log."""
+        self._metrics.store_fallbacks.labels(reason=reason).inc()
+        _log.warning("store_fallback", reason=reason)
+
+    def on_breaker(self, state: str) -> None:
+        """Track the circuit breaker's state."""
+        self._metrics.store_breaker.set(1 if state == "open" else 0)
+        _log.warning("store_breaker", state=state)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Command-line overrides of the ``server`` section."""
+
+    grpc_socket: str | None = None
+    grpc_address: str | None = None
+    metrics_address: str | None = None
+    watch_interval_s: float = 2.0
+
+
+def _with_overrides(settings: Settings, options: ServeOptions) -> Settings:
+    server: ServerSettings = settings.server
+    if options.grpc_socket is not None:
+        server = replace(server, grpc_socket=options.grpc_socket)
+    if options.grpc_address is not None:
+        server = replace(server, grpc_address=options.grpc_address)
+    if options.metrics_address is not None:
+        server = replace(server, metrics_address=options.metrics_address)
+    return replace(settings, server=server)
+
+
+async def serve(config_path: str, options: ServeOptions) -> int:
+    """Run saar until SIGTERM/SIGINT; returns the process exit code."""
+    settings = _with_overrides(load_settings(config_path), options)
+    metrics = Metrics()
+    store = build_store(settings.state, MetricsStoreObserver(metrics))
+    router = Router(settings, store, metrics)
+    server = ExtProcServer(router, metrics)
+    addresses: list[str] = []
+    if settings.server.grpc_socket:
+        addresses.append(server.bind_unix(settings.server.grpc_socket))
+    if settings.server.grpc_address:
+        addresses.append(server.bind_tcp(settings.server.grpc_address))
+    await server.start()
+    if settings.server.metrics_address:
+        host, _, port = settings.server.metrics_address.rpartition(":")
+        start_http_server(int(port), addr=host, registry=metrics.registry)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload(reason: str) -> None:
+        try:
+            fresh = _with_overrides(load_settings(config_path), options)
+        except ConfigError as exc:
+            metrics.config_reloads.labels(result="rejected").inc()
+            _log.error("config_reload_rejected", reason=reason, error=str(exc))
+            return
+        if fresh.state != router.settings.state or fresh.server != router.settings.server:
+            _log.warning("config_reload_partial", detail="server and state need a restart")
+        router.reload(replace(fresh, server=router.settings.server, state=router.settings.state))
+        metrics.config_reloads.labels(result="applied").inc()
+        _log.info("config_reloaded", reason=reason, source=fresh.source)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, "sighup")
+    watcher = asyncio.create_task(_watch(Path(config_path), options.watch_interval_s, reload))
+
+    _log.info("saar_ready", addresses=addresses, config=settings.source)
+    # The exact line tools and tests wait for.
+    print(f"saar ready: ext_proc on {', '.join(addresses)}", flush=True)
+    await stop.wait()
+    _log.info("saar_draining", grace_s=settings.server.drain_seconds)
+    watcher.cancel()
+    await server.stop(settings.server.drain_seconds)
+    await store.close()
+    _log.info("saar_stopped")
+    return 0
+
+
+async def _watch(path: Path, interval: float, reload: object) -> None:
+    """Reload when the config file changes (ConfigMap updates replace the file)."""
+    assert callable(reload)
+    last = _stamp(path)
+    while True:
+        await asyncio.sleep(interval)
+        current = _stamp(path)
+        if current != last:
+            last = current
+            reload("file_changed")
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    with contextlib.suppress(OSError):
+        info = os.stat(path)
+        return (info.st_mtime, info.st_size)
+    return None

@@ -1,0 +1,138 @@
+"""The one place that turns decisions and errors into ext_proc ``ProcessingResponse`` messages.
+
+Rules this module encodes (each learnt the hard way by others, see docs/design/0001):
+
+* A route change needs ``clear_route_cache`` **in the same response as a header mutation**;
+  Envoy ignores the flag otherwise (envoyproxy/envoy#26388).
+* A BUFFERED body rewrite must set a matching ``content-length`` in the same response, or
+  Envoy answers 500.
+* A ``mode_override`` replaces the body modes too (the zero value of a body mode is NONE), so
+  every override restates the modes it keeps.
+* Only this module builds ``ImmediateResponse``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+
+from saar.extproc import headers as h
+
+__all__ = [
+    "client_error",
+    "continue_request_body",
+    "continue_request_headers",
+    "continue_response_body",
+    "continue_response_headers",
+    "passthrough_request_headers",
+    "response_headers",
+    "route_request_body",
+]
+
+_Mode = processing_mode_pb2.ProcessingMode
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    # raw_value: Envoy 1.40 reads raw_value and ignores value when both are present.
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode("utf-8", "replace")),
+        append_action=_OVERWRITE,
+    )
+
+
+def continue_request_headers() -> ep.ProcessingResponse:
+    """Answer request headers at once: nothing to change until the body is seen."""
+    return ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+
+
+def passthrough_request_headers() -> ep.ProcessingResponse:
+    """Continue a request saar does not route, and ask Envoy for nothing more of it.
+
+    The override restates every mode it means (BodySendMode's zero value is NONE).
+    """
+    return ep.ProcessingResponse(
+        request_headers=ep.HeadersResponse(),
+        mode_override=_Mode(
+            request_header_mode=_Mode.SEND,
+            response_header_mode=_Mode.SKIP,
+            request_body_mode=_Mode.NONE,
+            response_body_mode=_Mode.NONE,
+            request_trailer_mode=_Mode.SKIP,
+            response_trailer_mode=_Mode.SKIP,
+        ),
+    )
+
+
+def continue_request_body() -> ep.ProcessingResponse:
+    """Continue the request body unmodified (fail-open, or a model saar does not route)."""
+    return ep.ProcessingResponse(request_body=ep.BodyResponse())
+
+
+def route_request_body(*, cluster: str, affinity_key: str, body: bytes) -> ep.ProcessingResponse:
+    """Route to ``cluster`` with ``affinity_key`` and the rewritten ``body``."""
+    common = ep.CommonResponse(
+        header_mutation=ep.HeaderMutation(
+            set_headers=[
+                _header(h.CLUSTER, cluster),
+                _header(h.AFFINITY_KEY, affinity_key),
+                _header(h.CONTENT_LENGTH, str(len(body))),
+            ]
+        ),
+        body_mutation=ep.BodyMutation(body=body),
+        clear_route_cache=True,
+    )
+    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+
+
+def client_error(status: int, body: bytes, details: str) -> ep.ProcessingResponse:
+    """Answer the client directly with an API-style JSON error; nothing goes upstream."""
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=ep.HeaderMutation(set_headers=[_header(h.CONTENT_TYPE, "application/json")]),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def response_headers(
+    headers: Iterable[tuple[str, str]], *, inspect_body: bool = False
+) -> ep.ProcessingResponse:
+    """Add the ``x-vsr-*`` contract to the client's response headers.
+
+    With ``inspect_body`` the response body is streamed to saar chunk by chunk so the
+    response path can learn tool calls, response ids and usage; each chunk is answered
+    unmodified at once, so the token stream is never held back.
+    """
+    mutation = ep.HeaderMutation(set_headers=[_header(name, value) for name, value in headers])
+    message = ep.ProcessingResponse(
+        response_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
+    )
+    if inspect_body:
+        message.mode_override.CopyFrom(
+            _Mode(
+                request_header_mode=_Mode.SEND,
+                response_header_mode=_Mode.SEND,
+                request_body_mode=_Mode.BUFFERED,
+                response_body_mode=_Mode.STREAMED,
+                request_trailer_mode=_Mode.SKIP,
+                response_trailer_mode=_Mode.SKIP,
+            )
+        )
+    return message
+
+
+def continue_response_headers() -> ep.ProcessingResponse:
+    """Continue response headers unmodified (a request saar did not route)."""
+    return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+
+
+def continue_response_body() -> ep.ProcessingResponse:
+    """Pass a response body chunk through untouched."""
+    return ep.ProcessingResponse(response_body=ep.BodyResponse())

@@ -1,0 +1,164 @@
+"""The grpc.aio server: ext_proc servicer, admin service, gRPC health, two-stage shutdown.
+
+Theory of operation. One grpc.aio server serves Envoy's ``ExternalProcessor`` (one
+bidirectional stream per HTTP request), saar's ``Admin`` service and the standard gRPC health
+service, on a Unix socket shared with Envoy and optionally on a loopback TCP port.
+
+Each stream uses an explicit ``context.read()`` / ``context.write()`` loop: measured on this
+hardware it is as fast as an async generator and keeps the per-message control flow plain.
+
+Shutdown has two stages. The first SIGTERM flips health to NOT_SERVING (so Kubernetes and
+Envoy's health checks stop sending new work) and stops accepting new streams while in-flight
+streams finish within the drain grace period; then the response-path work is drained and the
+process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from saar import __version__
+from saar.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from saar.extproc.stream import ExtProcStream
+from saar.observability.metrics import Metrics
+from saar.router import Router
+
+__all__ = ["AdminService", "ExtProcServer", "ExternalProcessor"]
+
+# Agent bodies reach several MB; gRPC's default 4 MB limit would fail them before saar sees them.
+_MAX_MESSAGE = 64 * 1024 * 1024
+_SERVICE_NAMES = ("", "envoy.service.ext_proc.v3.ExternalProcessor", "saar.api.admin.v1.Admin")
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Envoy's ext_proc service: one ``ExtProcStream`` per HTTP request."""
+
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self._router = router
+        self._metrics = metrics
+
+    async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """Answer each message of one ext_proc stream, in order."""
+        stream = ExtProcStream(self._router, self._metrics)
+        inflight = self._metrics.inflight
+        inflight.inc()
+        try:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    return
+                await context.write(await stream.on_message(message))
+        finally:
+            inflight.dec()
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    """Inspection of the running router."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def Describe(
+        self, request: admin_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DescribeResponse:
+        """Return the configuration in force."""
+        settings = self._router.settings
+        config = settings.policy
+        return admin_pb2.DescribeResponse(
+            version=__version__,
+            config_source=settings.source,
+            logical_models=sorted(config.logical_models),
+            physical_models=[
+                admin_pb2.PhysicalModel(
+                    key=pm.key,
+                    model=pm.model,
+                    pool=pm.pool,
+                    cluster=pm.cluster,
+                    accelerator=config.pools[pm.pool].accelerator,
+                    quality=pm.quality,
+                    prompt_per_1m=pm.pricing.prompt_per_1m,
+                    cached_prompt_per_1m=pm.pricing.cached_prompt_per_1m,
+                    completion_per_1m=pm.pricing.completion_per_1m,
+                )
+                for pm in config.physical_models.values()
+            ],
+            decisions=[
+                admin_pb2.Decision(
+                    name=spec.name,
+                    priority=spec.priority,
+                    method=spec.method.value,
+                    mode=spec.mode.value,
+                    candidates=[ref.physical for ref in spec.model_refs],
+                )
+                for spec in config.decisions
+            ],
+            default_decision=config.default_decision,
+            scope=config.learning.scope.value,
+            state_backend=settings.state.backend,
+        )
+
+
+class ExtProcServer:
+    """Owns the grpc.aio server and its lifecycle."""
+
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self._router = router
+        self._metrics = metrics
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._health = health.aio.HealthServicer()
+        ep_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessor(router, metrics), self._server
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(router), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.addresses: list[str] = []
+
+    def bind_unix(self, path: str) -> str:
+        """Listen on a Unix socket (a stale socket file from a crash is replaced)."""
+        socket = Path(path)
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if socket.is_socket():
+                socket.unlink()
+        address = f"unix:{os.fspath(socket)}"
+        self._server.add_insecure_port(address)
+        self.addresses.append(address)
+        return address
+
+    def bind_tcp(self, address: str) -> str:
+        """Listen on ``host:port``; port 0 picks a free port. Returns the bound address."""
+        host, _, _ = address.rpartition(":")
+        port = self._server.add_insecure_port(address)
+        bound = f"{host}:{port}"
+        self.addresses.append(bound)
+        return bound
+
+    async def start(self) -> None:
+        """Start serving and report SERVING on every health service name."""
+        await self._server.start()
+        for name in _SERVICE_NAMES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Two-stage shutdown: NOT_SERVING, drain in-flight streams, then response-path work."""
+        for name in _SERVICE_NAMES:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+        await self._router.drain()
+
+    async def wait(self) -> None:
+        """Block until the server terminates."""
+        await self._server.wait_for_termination()

@@ -1,0 +1,182 @@
+"""One ext_proc stream = one HTTP request: phase state, bytes → facts, decision → mutations.
+
+Theory of operation. Envoy opens one bidirectional stream per HTTP request and sends, in
+order, the request headers, the buffered request body and the response headers (and, only
+when saar asks for it at response-header time, the response body chunks). Every message is
+answered with exactly one response of the matching kind:
+
+* request headers: answered at once. A request that is not an LLM call (path or method)
+  gets a ``mode_override`` so Envoy sends nothing more of it.
+* request body: parsed once into ``RequestFacts``; bad input gets an API-style error
+  (``ImmediateResponse``) and changes no state; otherwise the router decides and the body
+  response carries the cluster header, the affinity key, ``content-length`` and the rewritten
+  body with ``clear_route_cache``. Any internal error **fails open**: the body continues
+  unmodified to Envoy's default route, a counter ticks and a log line says why.
+* response headers: the ``x-vsr-*`` contract is added, and what the status says is handed
+  to the router's response path off the hot path.
+
+Messages that arrive out of order or twice (a misbehaving peer, or the fuzz tests) are
+answered with a plain "continue" of the matching kind; they never raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from saar.extproc import headers as h
+from saar.extproc import responses
+from saar.policy.facts import Api, RequestFacts
+from saar.wire import ClientError, api_for_path, error_body, parse_request
+
+if TYPE_CHECKING:
+    from saar.observability.metrics import Metrics
+    from saar.policy.decision import Decision
+    from saar.router import Router
+    from saar.settings import Settings
+
+__all__ = ["ExtProcStream"]
+
+_log = structlog.get_logger("saar.extproc")
+
+_ROUTED_METHODS = frozenset({"POST"})
+
+
+class ExtProcStream:
+    """Per-stream state machine; ``on_message`` maps one request message to one response."""
+
+    __slots__ = (
+        "_api",
+        "_decision",
+        "_facts",
+        "_headers",
+        "_metrics",
+        "_router",
+        "_settings",
+        "_stage",
+    )
+
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self._router = router
+        self._metrics = metrics
+        # One config snapshot per request: a reload mid-request cannot mix two configs.
+        self._settings: Settings = router.settings
+        self._headers: dict[str, str] = {}
+        self._api: Api | None = None
+        self._decision: Decision | None = None
+        self._facts: RequestFacts | None = None
+        self._stage = "request_headers"
+
+    async def on_message(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        """Answer one message from Envoy; never raises for any input."""
+        kind = message.WhichOneof("request")
+        started = time.perf_counter()
+        try:
+            if kind == "request_headers":
+                reply = self._on_request_headers(message)
+            elif kind == "request_body":
+                reply = await self._on_request_body(message)
+            elif kind == "response_headers":
+                reply = self._on_response_headers(message)
+            elif kind == "response_body":
+                reply = responses.continue_response_body()
+            else:
+                reply = _continue_for(kind)
+        except Exception as exc:  # fail open: this request continues unmodified
+            self._metrics.fail_open.labels(phase=str(kind), reason="internal_error").inc()
+            _log.exception("extproc_internal_error", phase=kind, error=type(exc).__name__)
+            reply = _continue_for(kind)
+        self._metrics.message_seconds.labels(phase=str(kind)).observe(time.perf_counter() - started)
+        return reply
+
+    def _on_request_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        if self._stage != "request_headers":
+            return responses.continue_request_headers()
+        self._stage = "request_body"
+        headers = self._headers
+        for entry in message.request_headers.headers.headers:
+            headers[entry.key] = (
+                entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+            )
+        path = headers.get(h.PATH, "")
+        self._api = api_for_path(path) if headers.get(h.METHOD) in _ROUTED_METHODS else None
+        if self._api is None or message.request_headers.end_of_stream:
+            self._stage = "done"
+            self._metrics.passthrough.labels(reason="not_an_llm_call").inc()
+            return responses.passthrough_request_headers()
+        return responses.continue_request_headers()
+
+    async def _on_request_body(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        api = self._api
+        if self._stage != "request_body" or api is None:
+            return responses.continue_request_body()
+        self._stage = "response_headers"
+        settings = self._settings
+        router = self._router
+        try:
+            parsed = parse_request(
+                api,
+                self._headers,
+                message.request_body.body,
+                request_id=router.new_request_id(),
+                learning=settings.policy.learning,
+                header_signals=settings.policy.header_signals,
+                max_body_bytes=settings.server.max_body_bytes,
+            )
+            router.check_model(parsed.facts)
+        except ClientError as err:
+            self._metrics.client_errors.labels(code=err.code).inc()
+            _log.info("client_error", code=err.code, status=err.status, api=api.value)
+            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
+        try:
+            decision = await asyncio.wait_for(
+                router.route(parsed), settings.server.decision_budget_ms / 1000.0
+            )
+        except TimeoutError:
+            self._metrics.fail_open.labels(phase="request_body", reason="decision_timeout").inc()
+            _log.warning("fail_open", reason="decision_timeout", api=api.value)
+            return responses.continue_request_body()
+        self._decision = decision
+        self._facts = parsed.facts
+        body = parsed.rewrite_model(decision.target.model)
+        return responses.route_request_body(
+            cluster=decision.target.cluster, affinity_key=decision.affinity_key, body=body
+        )
+
+    def _on_response_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        decision = self._decision
+        facts = self._facts
+        self._stage = "done"
+        if decision is None or facts is None:
+            return responses.continue_response_headers()
+        status = 0
+        served_by: str | None = None
+        for entry in message.response_headers.headers.headers:
+            if entry.key == h.STATUS:
+                value = (
+                    entry.raw_value.decode("ascii", "replace") if entry.raw_value else entry.value
+                )
+                status = int(value) if value.isdigit() else 0
+            elif entry.key == h.UPSTREAM_HOST:
+                served_by = entry.raw_value.decode("ascii", "replace") or entry.value
+        self._router.observe_response(decision, facts, status=status, served_by=served_by)
+        return responses.response_headers(self._router.response_headers(decision))
+
+
+def _continue_for(kind: str | None) -> ep.ProcessingResponse:
+    if kind == "request_headers":
+        return responses.continue_request_headers()
+    if kind == "request_body":
+        return responses.continue_request_body()
+    if kind == "response_headers":
+        return responses.continue_response_headers()
+    if kind == "response_body":
+        return responses.continue_response_body()
+    if kind == "response_trailers":
+        return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+    # Unknown or empty message kinds get a request-trailers answer: the only remaining kind.
+    return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())

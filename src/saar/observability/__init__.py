@@ -1,0 +1,1 @@
+"""Metrics and structured logs, fed by the decision trace and the adapters."""

@@ -1,0 +1,175 @@
+"""Prometheus metrics: every series saar exports is declared here, once.
+
+Theory of operation: adapters never compute metrics of their own; they report what the
+policy decided (the ``Decision``) and what happened around it (fail-open, store fallbacks,
+message latency). ``Metrics`` owns a private ``CollectorRegistry`` so several routers (tests,
+the benchmark) can live in one process without clashing. ``docs/reference/metrics.md`` is
+generated from ``Metrics.describe()``; never document a metric by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["MetricInfo", "Metrics"]
+
+# ext_proc messages take tens of microseconds to a few milliseconds; the upper buckets catch
+# store timeouts and event-loop stalls.
+_MESSAGE_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """One exported series family, for the generated reference."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+
+class Metrics:
+    """All of saar's Prometheus series, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "saar_decisions_total",
+            "Routing decisions, by matched decision, session-aware action, reason and mode.",
+            ["decision", "action", "reason", "mode"],
+            registry=r,
+        )
+        self.switches = Counter(
+            "saar_switches_total",
+            "Sessions moved to another physical model, by from/to pool.",
+            ["from_pool", "to_pool"],
+            registry=r,
+        )
+        self.locks = Counter(
+            "saar_hard_locks_total",
+            "Requests held on their backend by a hard lock, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.resets = Counter(
+            "saar_reset_boundaries_total",
+            "Reset boundaries that reopened the model choice, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.routed = Counter(
+            "saar_routed_requests_total",
+            "Requests routed, by physical model and pool.",
+            ["model", "pool"],
+            registry=r,
+        )
+        self.fail_open = Counter(
+            "saar_fail_open_total",
+            "Requests that continued unmodified because of an internal error, by phase and reason.",
+            ["phase", "reason"],
+            registry=r,
+        )
+        self.client_errors = Counter(
+            "saar_client_errors_total",
+            "Requests rejected with a client error (bad JSON, unknown model, too large), by code.",
+            ["code"],
+            registry=r,
+        )
+        self.passthrough = Counter(
+            "saar_passthrough_total",
+            "Requests saar let through without routing, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "saar_upstream_responses_total",
+            "Upstream responses seen on the response path, by pool and status class.",
+            ["pool", "status_class"],
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "saar_extproc_message_seconds",
+            "Time saar spent answering one ext_proc message, by phase.",
+            ["phase"],
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "saar_decision_seconds",
+            "Time of one load-decide-save cycle, store round trips included.",
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "saar_store_operation_seconds",
+            "Session store operation latency, by store, operation and outcome.",
+            ["store", "op", "outcome"],
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.store_fallbacks = Counter(
+            "saar_store_fallbacks_total",
+            "Session store operations served by the fallback, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.store_breaker = Gauge(
+            "saar_store_breaker_open",
+            "1 while the shared-store circuit breaker is open (no calls to Redis), else 0.",
+            registry=r,
+        )
+        self.store_conflicts = Counter(
+            "saar_store_conflicts_total",
+            "Compare-and-set conflicts retried by the load-decide-save cycle.",
+            registry=r,
+        )
+        self.state_decode_errors = Counter(
+            "saar_state_decode_errors_total",
+            "Stored sessions that could not be decoded and were started afresh.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "saar_config_reloads_total",
+            "Configuration reloads, by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "saar_inflight_streams",
+            "ext_proc streams currently open.",
+            registry=r,
+        )
+        self.background_errors = Counter(
+            "saar_background_errors_total",
+            "Errors in off-the-hot-path work (response learning, replay), by task.",
+            ["task"],
+            registry=r,
+        )
+
+    def describe(self) -> list[MetricInfo]:
+        """Every series family this registry exports, sorted by name (for the docs)."""
+        infos: list[MetricInfo] = []
+        for collector in list(self.registry._collector_to_names):
+            for family in collector.describe():
+                labels: tuple[str, ...] = tuple(getattr(collector, "_labelnames", ()))
+                name = family.name
+                suffix = "_total" if family.type == "counter" else ""
+                infos.append(MetricInfo(name + suffix, family.type, labels, family.documentation))
+        return sorted(infos, key=lambda info: info.name)

@@ -1,0 +1,92 @@
+"""Hard locks: continuity that correctness requires and no economics may override.
+
+Theory of operation, checked in this order (first match wins):
+
+1. **Response pin** (``context_portability_hard_lock``): the router resolved the request's
+   ``previous_response_id`` through the response index to the exact backend that minted it
+   (``facts.response_pin``). Route to that physical model **with its affinity key**, even when it
+   was minted in another conversation: only that replica holds the stored response.
+2. **Tool loop** (``tool_loop_hard_lock``): the request answers tool calls
+   (``tool_result_ids``) or still carries unanswered ones (``pending_tool_call_ids``). The owner is
+   the model that issued those call ids (router memory records them from responses); if memory
+   has no such id, the session's last model (reason ``tool_loop_last_model``). The lock ignores
+   the idle boundary: a tool result that arrives late still belongs to the model that asked.
+   Answered ids are closed on the same turn, so parallel calls answered in one message release
+   the lock together (no permanent lock, upstream weakness #9).
+3. **Backend-pinned provider state** without a resolved pin: the session's last physical model
+   and affinity key.
+4. **Model-pinned provider state** (e.g. encrypted reasoning): the same model name. The policy
+   keeps the exact physical model (another pool would lose the prefix cache for no gain); only
+   ``backend_unhealthy`` may move it to another pool of the same model, which is safe because
+   the state is portable across replicas and pools of one model.
+
+When memory cannot name an owner (restart, eviction, a model removed by a reload) the lock
+reports ``*_owner_unknown`` instead of pretending; the caller routes the base choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saar.policy.config import PhysicalModel, PolicyConfig, SessionAwareKnobs
+from saar.policy.facts import Pin, RequestFacts
+from saar.policy.reasons import Phase, Reason
+from saar.policy.session import SessionState
+
+__all__ = ["Lock", "find_lock"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """A hard lock found for this request."""
+
+    reason: Reason
+    owner: PhysicalModel | None
+    """``None`` when the owner is unknown (the reason then ends in ``_owner_unknown``)."""
+    affinity_key: str | None
+    """Affinity key the request must carry; ``None`` = the session's own."""
+    phase: Phase
+
+
+def _known(config: PolicyConfig, key: str | None) -> PhysicalModel | None:
+    if key is None:
+        return None
+    return config.physical_models.get(key)
+
+
+def find_lock(
+    state: SessionState | None,
+    facts: RequestFacts,
+    knobs: SessionAwareKnobs,
+    config: PolicyConfig,
+) -> Lock | None:
+    """Return the hard lock that binds this request, or ``None``."""
+    portability = knobs.context_portability_hard_lock
+    if portability and facts.response_pin is not None:
+        owner = _known(config, facts.response_pin.physical)
+        if owner is not None:
+            return Lock(
+                Reason.PROVIDER_STATE_PINNED,
+                owner,
+                facts.response_pin.affinity_key,
+                Phase.PROVIDER_STATE,
+            )
+    current = state.current if state is not None else None
+    if knobs.tool_loop_hard_lock and facts.in_tool_loop:
+        if state is not None:
+            issued = state.owner_of(facts.tool_result_ids + facts.pending_tool_call_ids)
+            owner = _known(config, issued)
+            if owner is not None:
+                return Lock(Reason.TOOL_LOOP, owner, None, Phase.TOOL_LOOP)
+            owner = _known(config, current)
+            if owner is not None:
+                return Lock(Reason.TOOL_LOOP_LAST_MODEL, owner, None, Phase.TOOL_LOOP)
+        return Lock(Reason.TOOL_LOOP_OWNER_UNKNOWN, None, None, Phase.TOOL_LOOP)
+    if portability and facts.provider_state:
+        backend = any(p.pin is Pin.BACKEND for p in facts.provider_state)
+        owner = _known(config, current)
+        if owner is None:
+            return Lock(Reason.PROVIDER_STATE_OWNER_UNKNOWN, None, None, Phase.PROVIDER_STATE)
+        reason = Reason.PROVIDER_STATE_LAST_MODEL if backend else Reason.PROVIDER_STATE_MODEL
+        return Lock(reason, owner, None, Phase.PROVIDER_STATE)
+    return None

@@ -1,0 +1,188 @@
+"""The router: load session → ``policy.decide(now=clock())`` → save (compare-and-set) → record.
+
+Theory of operation. The policy is a pure function; this module does the I/O around it. A
+decision runs inside ``state.transact``: the session is loaded with its version, the policy
+decides, and the new state is saved only if nobody else saved in between; on a conflict the
+cycle re-runs on the fresh state. Two concurrent turns of one session therefore never lose
+an update and never pick two different models for one tool loop.
+
+The response path (``observe_response``) runs off the hot path: the ext_proc answer never
+waits for it. Its work is tracked so a draining server can finish it before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+
+import structlog
+
+from saar import policy
+from saar.observability.metrics import Metrics
+from saar.policy.decision import Decision
+from saar.policy.facts import RequestFacts, ResponseFacts
+from saar.policy.session import SessionCodecError, SessionState
+from saar.settings import Settings
+from saar.state import SessionStore, Versioned, transact
+from saar.wire import ClientError, ParsedRequest
+
+__all__ = ["Router"]
+
+_log = structlog.get_logger("saar.router")
+
+DecisionSink = Callable[[Decision, RequestFacts], None]
+"""Receives every decision with its facts (replay recorder, tests); must not block."""
+
+
+class Router:
+    """Session-aware routing around the pure policy, with a pluggable session store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._metrics = metrics
+        # Wall-clock time: sessions move between replicas, and monotonic clocks differ.
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sinks: list[DecisionSink] = []
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force; a reload swaps this reference whole."""
+        return self._settings
+
+    @property
+    def store(self) -> SessionStore:
+        """The session store decisions are saved in."""
+        return self._store
+
+    def reload(self, settings: Settings) -> None:
+        """Swap in a new, already validated configuration."""
+        self._settings = settings
+
+    def add_sink(self, sink: DecisionSink) -> None:
+        """Register a receiver of every decision (e.g. the replay recorder)."""
+        self._sinks.append(sink)
+
+    def new_request_id(self) -> str:
+        """A time-ordered, unguessable request id (48-bit ms timestamp + 80 random bits)."""
+        return f"{int(self._clock() * 1000) & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
+
+    def check_model(self, facts: RequestFacts) -> None:
+        """Reject a ``model`` the config does not route (clients never pick a pool)."""
+        config = self._settings.policy
+        name = facts.logical_model
+        if name in config.logical_models:
+            return
+        if any(pm.model == name for pm in config.physical_models.values()):
+            return
+        raise ClientError.model_not_found(name)
+
+    async def route(self, parsed: ParsedRequest) -> Decision:
+        """Decide where one request goes, updating its session's router memory atomically."""
+        started = time.perf_counter()
+        settings = self._settings
+        config = settings.policy
+        facts = parsed.facts
+        key = policy.protected_key(facts, config)
+        if key is None:
+            decision, _ = policy.decide(None, facts, config, self._clock())
+        else:
+            metrics = self._metrics
+
+            def step(current: Versioned | None) -> tuple[Decision, bytes | None]:
+                state = self._decode(current)
+                decision, new_state = policy.decide(state, facts, config, self._clock())
+                return decision, None if new_state is None else new_state.encode()
+
+            outcome = await transact(self._store, key, step, ttl_s=settings.state.ttl_seconds)
+            if outcome.attempts > 1:
+                metrics.store_conflicts.inc(outcome.attempts - 1)
+            decision = outcome.value
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._record(decision, facts)
+        return decision
+
+    def response_headers(self, decision: Decision) -> tuple[tuple[str, str], ...]:
+        """The ``x-vsr-*`` response headers for ``decision``."""
+        return policy.response_headers(decision)
+
+    def observe_response(
+        self, decision: Decision, facts: RequestFacts, *, status: int, served_by: str | None
+    ) -> None:
+        """Learn from the response status off the hot path (never delays the response)."""
+        pool = decision.target.pool
+        status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+        self._metrics.responses.labels(pool=pool, status_class=status_class).inc()
+        key = decision.protected_key
+        if key is None:
+            return
+        response = ResponseFacts(request_id=decision.replay_id, status=status, served_by=served_by)
+        self._spawn(self._learn(key, response), "learn_response")
+
+    async def drain(self) -> None:
+        """Wait for the response-path work still in flight (used on shutdown and in tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _learn(self, key: str, response: ResponseFacts) -> None:
+        config = self._settings.policy
+
+        def step(current: Versioned | None) -> tuple[None, bytes | None]:
+            state = self._decode(current)
+            new_state = policy.apply_response(state, response, config, self._clock())
+            if new_state is None or new_state is state:
+                return None, None
+            return None, new_state.encode()
+
+        await transact(self._store, key, step, ttl_s=self._settings.state.ttl_seconds)
+
+    def _decode(self, current: Versioned | None) -> SessionState | None:
+        if current is None:
+            return None
+        try:
+            return SessionState.decode(current.data)
+        except SessionCodecError as exc:
+            # A corrupt or future-version record must not take the request down: start the
+            # session afresh (the decision's reason says so) and overwrite it.
+            self._metrics.state_decode_errors.inc()
+            _log.warning("state_decode_error", error=str(exc))
+            return None
+
+    def _record(self, decision: Decision, facts: RequestFacts) -> None:
+        metrics = self._metrics
+        target = decision.target
+        metrics.routed.labels(model=target.model, pool=target.pool).inc()
+        metrics.decisions.labels(
+            decision=decision.decision_name,
+            action=decision.action.value,
+            reason=decision.reason,
+            mode=decision.mode.value,
+        ).inc()
+        for sink in self._sinks:
+            try:
+                sink(decision, facts)
+            except Exception:  # a broken sink must never fail a request
+                metrics.background_errors.labels(task="decision_sink").inc()
+                _log.exception("decision_sink_error")
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._metrics.background_errors.labels(task=name).inc()
+                _log.warning("background_error", task=name, error=repr(t.exception()))
+
+        task.add_done_callback(done)

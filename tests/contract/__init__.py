@@ -1,0 +1,1 @@
+"""SessionStore contract suite: one behaviour, every backend."""

@@ -1,0 +1,135 @@
+"""Dataplane fixtures: the real Envoy binary + saar + the vLLM pool emulator, as processes.
+
+Every stack gets private ports (Envoy listener and admin, saar metrics, the emulator's pool
+ports shifted by a random free offset, its control port) and a private Unix socket, so the
+tests never collide with a `make run` stack or with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saar.stack import LocalStack, StackPorts, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config" / "local.yaml"
+ENVOY = ROOT / "envoy" / "local.yaml"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port_offset(ports: list[int]) -> int:
+    """An offset that moves every configured pool port onto a free one."""
+    for _ in range(200):
+        offset = random.randrange(10_000, 40_000, 10)
+        if all(_port_free(port + offset) for port in ports):
+            return offset
+    raise RuntimeError("no free port range for the emulator")
+
+
+def pool_ports(raw: dict[str, Any]) -> list[int]:
+    """Every emulator port in a saar config."""
+    return [
+        int(port)
+        for pool in raw["pools"].values()
+        for port in pool.get("emulator", {}).get("ports", [])
+    ]
+
+
+class Stack:
+    """A running stack plus helpers to read the emulator's backend truth."""
+
+    def __init__(self, local: LocalStack) -> None:
+        self.local = local
+
+    @property
+    def base_url(self) -> str:
+        """Envoy's client-facing URL."""
+        return self.local.base_url
+
+    @property
+    def control(self) -> str:
+        """The emulator's control URL."""
+        return f"http://127.0.0.1:{self.local.ports.emulator_control}"
+
+    def backend_log(self) -> list[dict[str, Any]]:
+        """What every emulated replica received, oldest first (backend truth)."""
+        with urllib.request.urlopen(f"{self.control}/_emulator/log", timeout=5) as reply:
+            records: list[dict[str, Any]] = json.loads(reply.read())
+        return records
+
+    def control_post(self, path: str, payload: Any = None) -> Any:
+        """POST to the emulator's control API."""
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            f"{self.control}{path}",
+            data=data if data is not None else b"",
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            body = reply.read()
+        return json.loads(body) if body else None
+
+    def metrics_text(self) -> str:
+        """saar's Prometheus exposition."""
+        url = f"http://127.0.0.1:{self.local.ports.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text: str = reply.read().decode()
+        return text
+
+
+StackFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
+    """Start stacks for a test (optionally with config edits); stops them all afterwards."""
+    started: list[LocalStack] = []
+
+    async def start(
+        edit: Callable[[dict[str, Any]], None] | None = None, *, with_saar: bool = True
+    ) -> Stack:
+        raw: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+        if edit is not None:
+            edit(raw)
+        index = len(started)
+        config_path = tmp_path / f"saar-{index}.yaml"
+        config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        workdir = tmp_path / f"stack-{index}"
+        local = LocalStack(
+            config_path=config_path,
+            envoy_template=ENVOY,
+            workdir=workdir,
+            ports=StackPorts(
+                listen=free_port(),
+                envoy_admin=free_port(),
+                metrics=free_port(),
+                emulator_offset=pick_port_offset(pool_ports(raw)),
+                emulator_control=free_port(),
+            ),
+            with_saar=with_saar,
+        )
+        started.append(local)
+        await local.start()
+        return Stack(local)
+
+    yield start
+    for local in reversed(started):
+        await local.stop()

@@ -1,0 +1,196 @@
+"""Hard locks: tool loops and provider state keep their owner; no economics override them."""
+
+from __future__ import annotations
+
+from policy_builders import FRONTIER, MEDIUM_H100, MEDIUM_MI300, SMALL, facts, make_config, on_model
+
+from saar.policy import (
+    Action,
+    BackendPin,
+    Phase,
+    Pin,
+    ProviderState,
+    Reason,
+    SessionAwareKnobs,
+    decide,
+)
+
+PREVIOUS = (ProviderState("previous_response_id", Pin.BACKEND),)
+REASONING = (ProviderState("encrypted_reasoning", Pin.MODEL),)
+
+
+def test_tool_result_returns_to_the_model_that_issued_the_call() -> None:
+    """A tool result goes back to the call's owner, even when it is not the current model."""
+    state = on_model(MEDIUM_MI300, open_calls=(("call-1", FRONTIER),))
+    decision, new_state = decide(
+        state, facts("ok", tool_result_ids=("call-1",)), make_config(), 1000.0
+    )
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP, Phase.TOOL_LOOP, FRONTIER) == (
+        decision.action,
+        decision.reason,
+        decision.phase,
+        decision.target.key,
+    )
+    assert new_state is not None
+    assert () == new_state.open_calls
+
+
+def test_tool_result_after_idle_gap_still_goes_back() -> None:
+    """The tool lock ignores the idle boundary: a late tool result still belongs to its owner."""
+    state = on_model(FRONTIER, now=1000.0, last_seen=0.0, open_calls=(("call-1", FRONTIER),))
+    decision, _ = decide(state, facts("ok", tool_result_ids=("call-1",)), make_config(), 100_000.0)
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP, FRONTIER) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+    )
+
+
+def test_parallel_calls_answered_together_release_the_lock() -> None:
+    """Two calls answered in one message close both: the next user turn is not locked."""
+    config = make_config()
+    calls = (("call-a", FRONTIER), ("call-b", FRONTIER))
+    state = on_model(FRONTIER, open_calls=calls)
+    locked, state2 = decide(
+        state, facts("ok", tool_result_ids=("call-a", "call-b")), config, 1000.0
+    )
+    assert Action.HARD_LOCK == locked.action
+    assert state2 is not None
+    assert () == state2.open_calls
+    follow, _ = decide(state2, facts("thanks", request_id="req-2"), config, 1001.0)
+    assert Action.HARD_LOCK != follow.action
+
+
+def test_partially_answered_parallel_calls_stay_open() -> None:
+    """Answering one of two calls keeps the other open (and the request locked)."""
+    state = on_model(FRONTIER, open_calls=(("call-a", FRONTIER), ("call-b", FRONTIER)))
+    request = facts("ok", tool_result_ids=("call-a",), pending_tool_call_ids=("call-b",))
+    decision, new_state = decide(state, request, make_config(), 1000.0)
+    assert Action.HARD_LOCK == decision.action
+    assert new_state is not None
+    assert (("call-b", FRONTIER),) == new_state.open_calls
+
+
+def test_dangling_tool_call_locks_to_its_owner() -> None:
+    """Unanswered calls in the request (pending_tool_call_ids) also lock to their owner."""
+    state = on_model(SMALL, open_calls=(("call-1", FRONTIER),))
+    decision, _ = decide(
+        state, facts("hm", pending_tool_call_ids=("call-1",)), make_config(), 1000.0
+    )
+    assert (Reason.TOOL_LOOP, FRONTIER) == (decision.reason, decision.target.key)
+
+
+def test_tool_loop_without_recorded_ids_uses_last_model() -> None:
+    """Call ids memory never saw: the session's last model, with a distinct reason."""
+    state = on_model(MEDIUM_MI300)
+    decision, _ = decide(state, facts("ok", tool_result_ids=("call-x",)), make_config(), 1000.0)
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP_LAST_MODEL, MEDIUM_MI300) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+    )
+
+
+def test_tool_loop_with_lost_memory_says_owner_unknown() -> None:
+    """With no memory the owner cannot be named: baseline with tool_loop_owner_unknown."""
+    decision, state = decide(None, facts("ok", tool_result_ids=("call-1",)), make_config(), 1000.0)
+    assert (Action.ESTABLISH_BASELINE, Reason.TOOL_LOOP_OWNER_UNKNOWN, SMALL) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+    )
+    assert state is not None
+
+
+def test_tool_loop_lock_knob_off_lets_economics_decide() -> None:
+    """tool_loop_hard_lock false: the tool result is routed like any other turn."""
+    state = on_model(SMALL, open_calls=(("call-1", FRONTIER),))
+    config = make_config(knobs=SessionAwareKnobs(tool_loop_hard_lock=False))
+    decision, _ = decide(state, facts("ok", tool_result_ids=("call-1",)), config, 1000.0)
+    assert (Action.STAY, SMALL) == (decision.action, decision.target.key)
+
+
+def test_unhealthy_owner_keeps_the_tool_lock() -> None:
+    """Failures of a locked backend do not break the tool loop."""
+    state = on_model(FRONTIER, open_calls=(("call-1", FRONTIER),), failures=((FRONTIER, 5),))
+    decision, _ = decide(state, facts("ok", tool_result_ids=("call-1",)), make_config(), 1000.0)
+    assert (Action.HARD_LOCK, FRONTIER) == (decision.action, decision.target.key)
+
+
+def test_response_pin_from_another_conversation_routes_exactly_there() -> None:
+    """A resolved previous_response_id routes to the minting model and affinity key."""
+    pin = BackendPin(MEDIUM_H100, "ak-other-conversation")
+    request = facts(
+        "continue",
+        conversation_id="c9",
+        provider_state=PREVIOUS,
+        previous_response_id="resp-1",
+        response_pin=pin,
+    )
+    decision, state = decide(None, request, make_config(), 1000.0)
+    assert (
+        Action.HARD_LOCK,
+        Reason.PROVIDER_STATE_PINNED,
+        MEDIUM_H100,
+        "ak-other-conversation",
+    ) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+        decision.affinity_key,
+    )
+    assert state is not None
+    assert ("ak-other-conversation", MEDIUM_H100) == (state.pending_affinity, state.pending)
+
+
+def test_backend_state_without_pin_keeps_last_model() -> None:
+    """Backend-pinned state not in the index keeps the session's model and affinity key."""
+    request = facts("continue", provider_state=PREVIOUS, previous_response_id="resp-1")
+    decision, _ = decide(on_model(FRONTIER), request, make_config(), 1000.0)
+    assert (Reason.PROVIDER_STATE_LAST_MODEL, FRONTIER, "ak-test") == (
+        decision.reason,
+        decision.target.key,
+        decision.affinity_key,
+    )
+
+
+def test_backend_state_with_lost_memory_says_owner_unknown() -> None:
+    """Backend-pinned state with no pin and no memory: provider_state_owner_unknown."""
+    request = facts("continue", provider_state=PREVIOUS, previous_response_id="resp-1")
+    decision, _ = decide(None, request, make_config(), 1000.0)
+    assert (Action.ESTABLISH_BASELINE, Reason.PROVIDER_STATE_OWNER_UNKNOWN) == (
+        decision.action,
+        decision.reason,
+    )
+
+
+def test_model_pinned_state_keeps_the_model() -> None:
+    """Model-pinned state (encrypted reasoning) keeps the current model."""
+    decision, _ = decide(
+        on_model(FRONTIER), facts("go", provider_state=REASONING), make_config(), 1000.0
+    )
+    assert (Action.HARD_LOCK, Reason.PROVIDER_STATE_MODEL, FRONTIER) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+    )
+
+
+def test_model_pinned_state_moves_pool_when_backend_unhealthy() -> None:
+    """Model-pinned state may move to another pool of the same model when the pool fails."""
+    state = on_model(MEDIUM_MI300, failures=((MEDIUM_MI300, 2),))
+    decision, _ = decide(state, facts("go", provider_state=REASONING), make_config(), 1000.0)
+    assert (Action.SWITCH, Reason.BACKEND_UNHEALTHY, MEDIUM_H100) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+    )
+
+
+def test_portability_lock_knob_off_ignores_provider_state() -> None:
+    """context_portability_hard_lock false: neither pins nor provider state lock the turn."""
+    pin = BackendPin(MEDIUM_H100, "ak-x")
+    request = facts("hello", provider_state=PREVIOUS, previous_response_id="r", response_pin=pin)
+    config = make_config(knobs=SessionAwareKnobs(context_portability_hard_lock=False))
+    decision, _ = decide(on_model(SMALL), request, config, 1000.0)
+    assert (Action.STAY, SMALL) == (decision.action, decision.target.key)
