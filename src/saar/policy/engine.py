@@ -31,7 +31,7 @@ from saar.policy.selector import (
     Candidate,
     base_select,
     candidates_for,
-    match_decision,
+    signal_match,
 )
 from saar.policy.session import (
     MAX_FAILURE_ENTRIES,
@@ -116,7 +116,7 @@ def decide(
     Pure and deterministic: the same ``state``, ``facts``, ``config`` and ``now`` give the
     same result.
     """
-    spec = match_decision(facts, config)
+    spec, source = _decision_for(state, facts, config)
     cands = candidates_for(spec, facts, config)
     base = base_select(spec, cands, facts, spec.method)
     scope = config.learning.scope
@@ -137,6 +137,7 @@ def decide(
             scope=scope,
             affinity=affinity,
             key=key,
+            source=source,
         )
         return decision, state
     if key is None:
@@ -152,6 +153,7 @@ def decide(
             scope=scope,
             affinity=affinity,
             key=key,
+            source=source,
         )
         return decision, None
     return _session(
@@ -164,7 +166,27 @@ def decide(
         base=base,
         mode=mode,
         key=key,
+        source=source,
     )
+
+
+def _decision_for(
+    state: SessionState | None, facts: RequestFacts, config: PolicyConfig
+) -> tuple[DecisionSpec, str]:
+    """The decision this request is in, and where that came from.
+
+    A request whose signals match no decision keeps its session's last decision: a bare
+    "continue" after a coding turn is still coding. Only a request that positively matches
+    another decision's signals counts as a change of topic (decision drift).
+    """
+    matched = signal_match(facts, config)
+    if matched is not None:
+        return matched, "signals"
+    if state is not None and state.decision:
+        for spec in config.decisions:
+            if spec.name == state.decision:
+                return spec, "session"
+    return config.decision(config.default_decision), "default"
 
 
 def _plain(
@@ -178,11 +200,13 @@ def _plain(
     scope: Scope,
     affinity: str,
     key: str | None,
+    source: str,
 ) -> Decision:
     check_pair(action, reason)
     target = base.choice.physical
     trace = DecisionTrace(
         decision=spec.name,
+        decision_source=source,
         base_method=base.method.value,
         base_choice=target.key,
         base_scores=base.scores,
@@ -231,6 +255,7 @@ def _session(
     base: BaseChoice,
     mode: AdaptationMode,
     key: str,
+    source: str,
 ) -> tuple[Decision, SessionState]:
     knobs = spec.session_aware
     mem = state if state is not None else SessionState(affinity_key=affinity_for(key))
@@ -347,6 +372,7 @@ def _session(
         affinity = mem.affinity_key
     trace = DecisionTrace(
         decision=spec.name,
+        decision_source=source,
         base_method=base.method.value,
         base_choice=base_key,
         base_scores=base.scores,
@@ -436,10 +462,44 @@ def _remember(
         evidence_prompt=mem.evidence_prompt,
         evidence_cached=mem.evidence_cached,
         evidence_at=mem.evidence_at,
+        hit_ratio=mem.hit_ratio,
         open_calls=open_calls,
         response_ids=mem.response_ids,
         replay_id=facts.request_id,
         failures=mem.failures,
+    )
+
+
+def _learn_cache(
+    *,
+    old: SessionState,
+    new: SessionState,
+    response: ResponseFacts,
+    served: str,
+    config: PolicyConfig,
+    now: float,
+) -> SessionState:
+    prompt = max(0, response.prompt_tokens or 0)
+    cached = 0
+    hit = old.hit_ratio
+    if response.cached_tokens is not None:
+        cached = min(max(0, response.cached_tokens), prompt)
+        reusable = min(prompt, old.evidence_prompt)
+        # Learn reuse only on warm turns (the prefix was resident here and recent): a cold first
+        # turn or a long gap measures eviction, which the half-life already models.
+        if old.evidence_model == served and reusable > 0:
+            spec = next((d for d in config.decisions if d.name == old.decision), None)
+            half_life = spec.session_aware.cache_half_life_seconds if spec else 300.0
+            if now - old.evidence_at <= half_life:
+                seen = min(1.0, cached / reusable)
+                hit = seen if hit is None else 0.5 * hit + 0.5 * seen
+    return replace(
+        new,
+        evidence_model=served,
+        evidence_prompt=prompt,
+        evidence_cached=cached,
+        evidence_at=now,
+        hit_ratio=hit,
     )
 
 
@@ -488,13 +548,9 @@ def apply_response(
             response_ids=response_ids,
             failures=failures,
         )
-        if response.prompt_tokens is not None and response.cached_tokens is not None:
-            new = replace(
-                new,
-                evidence_model=served,
-                evidence_prompt=max(0, response.prompt_tokens),
-                evidence_cached=min(max(0, response.cached_tokens), max(0, response.prompt_tokens)),
-                evidence_at=now,
+        if response.prompt_tokens is not None:
+            new = _learn_cache(
+                old=state, new=new, response=response, served=served, config=config, now=now
             )
         return new
     if status >= 500 or status == 429:

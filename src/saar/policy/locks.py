@@ -75,9 +75,12 @@ def find_lock(
     if knobs.tool_loop_hard_lock and facts.in_tool_loop:
         if state is not None:
             issued = state.owner_of(facts.tool_result_ids + facts.pending_tool_call_ids)
-            owner = _known(config, issued)
-            if owner is not None:
-                return Lock(Reason.TOOL_LOOP, owner, None, Phase.TOOL_LOOP)
+            if issued is not None:
+                # Memory names the owner: it or nobody (a model removed by a reload must not be
+                # silently replaced by whatever the session used last).
+                owner = _known(config, issued)
+                reason = Reason.TOOL_LOOP if owner is not None else Reason.TOOL_LOOP_OWNER_UNKNOWN
+                return Lock(reason, owner, None, Phase.TOOL_LOOP)
             owner = _known(config, current)
             if owner is not None:
                 return Lock(Reason.TOOL_LOOP_LAST_MODEL, owner, None, Phase.TOOL_LOOP)

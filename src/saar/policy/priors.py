@@ -83,8 +83,9 @@ class Priors:
     min_samples: int = 20
     default_handoff_penalty: float = 0.05
     default_remaining_turns: float = 8.0
-    default_cache_hit_ratio: float = 0.5
-    """Assumed cached/prompt ratio of a session before any backend reported cached tokens."""
+    default_cache_hit_ratio: float = 0.8
+    """Assumed share of a resident prefix that the next turn reuses, before a warm turn of the
+    session reported cached tokens."""
 
     def lookup_quality_gap(
         self, decision: str, from_key: str, to_key: str, default: float

@@ -148,9 +148,9 @@ _ACTION_ROWS: Final = (
     ActionInfo(
         Action.RESELECT,
         "A reset boundary reopened the choice (idle: to the base; drift: without stickiness).",
-        "idle: the base choice; drift: the base choice when its net value without stay bias, "
-        "handoff, history and continuity is positive (always when the current model is not in "
-        "the decision), else the current model",
+        "idle: the base choice; drift: the base choice when its net value without the "
+        "stickiness terms (stay, handoff, history) is positive (always when the current model "
+        "is not in the decision), else the current model",
     ),
     ActionInfo(
         Action.FALLBACK,
@@ -173,8 +173,9 @@ _REASON_ROWS: Final = (
     ReasonInfo(
         Reason.TOOL_LOOP_OWNER_UNKNOWN,
         Action.ESTABLISH_BASELINE,
-        "the request continues a tool loop but router memory is gone (restart, eviction): the "
-        "owner cannot be named, so the base choice is used and this reason says so",
+        "the request continues a tool loop but router memory is gone (restart, eviction) or "
+        "names a model no longer configured: the owner cannot be served, so the base choice is "
+        "used and this reason says so",
     ),
     ReasonInfo(
         Reason.PROVIDER_STATE_OWNER_UNKNOWN,

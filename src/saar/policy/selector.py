@@ -42,6 +42,7 @@ __all__ = [
     "candidates_for",
     "compiled",
     "match_decision",
+    "signal_match",
     "turn_cost",
 ]
 
@@ -132,11 +133,21 @@ def _decision_matches(spec: DecisionSpec, facts: RequestFacts, text: str) -> boo
 
 def match_decision(facts: RequestFacts, config: PolicyConfig) -> DecisionSpec:
     """Return the first matching decision in priority order, else ``default_decision``."""
+    return signal_match(facts, config) or config.decision(config.default_decision)
+
+
+def signal_match(facts: RequestFacts, config: PolicyConfig) -> DecisionSpec | None:
+    """Return the first decision whose signals match, or ``None`` when none does.
+
+    ``None`` is information: the request says nothing about its topic ("continue", "fix
+    it", a tool result), so a session keeps the decision it was in rather than falling to
+    the default decision and counting that as drift.
+    """
     text = facts.last_user_text.lower()
     for spec in config.decisions:
         if _decision_matches(spec, facts, text):
             return spec
-    return config.decision(config.default_decision)
+    return None
 
 
 def candidates_for(

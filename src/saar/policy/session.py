@@ -70,10 +70,15 @@ class SessionState:
     context_tokens: int = 0
     """Context size of the last request."""
     evidence_model: str | None = None
-    """The physical model the cache evidence belongs to (cache hits do not transfer)."""
+    """The model that served the last response: its prompt is now resident in that model's
+    prefix cache (cache hits do not transfer to another physical model)."""
     evidence_prompt: int = 0
+    """Prompt tokens of that response (the resident prefix)."""
     evidence_cached: int = 0
     evidence_at: float = 0.0
+    hit_ratio: float | None = None
+    """How much of a resident prefix this session actually reuses on the next turn (cached
+    over reusable tokens, learned on warm turns only; ``None`` until observed)."""
     open_calls: tuple[tuple[str, str], ...] = ()
     """``(call id, model@pool that issued it)`` for tool calls not answered yet."""
     response_ids: tuple[str, ...] = ()
@@ -123,6 +128,7 @@ class SessionState:
         _put(out, "ep", self.evidence_prompt, 0)
         _put(out, "ec", self.evidence_cached, 0)
         _put(out, "ea", self.evidence_at, 0.0)
+        _put(out, "hr", self.hit_ratio, None)
         _put(out, "oc", [list(pair) for pair in self.open_calls], [])
         _put(out, "ri", list(self.response_ids), [])
         _put(out, "rp", self.replay_id, "")
@@ -165,6 +171,7 @@ class SessionState:
                 evidence_prompt=_int(raw.get("ep", 0)),
                 evidence_cached=_int(raw.get("ec", 0)),
                 evidence_at=_float(raw.get("ea", 0.0)),
+                hit_ratio=None if raw.get("hr") is None else _float(raw["hr"]),
                 open_calls=tuple((_str(a), _str(b)) for a, b in raw.get("oc", ()))[
                     -MAX_OPEN_CALLS:
                 ],

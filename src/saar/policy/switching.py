@@ -9,9 +9,10 @@ economics speak the hybrid selector's language, and every term below is in ``u``
 added in two scales and nothing is counted twice (upstream weaknesses #13, #14, #16).
 
 **Cache.** ``W`` = tokens of this prompt expected to be cached on the current model now
-= ``min(T, previous context) * ratio * 0.5 ** (age / cache_half_life_seconds)``, where
-``ratio`` is *this session's* last observed cached/prompt ratio on the current model (the prior
-``default_cache_hit_ratio`` before any evidence) and ``age`` the time since that evidence.
+= ``min(T, resident prefix) * ratio * 0.5 ** (age / cache_half_life_seconds)``: the resident
+prefix is the last response's prompt on the model that served it, ``ratio`` is *this session's*
+learned reuse ratio on warm turns (the prior ``default_cache_hit_ratio`` before one) and
+``age`` the time since that response.
 
 **Net value of switching from current ``A`` to candidate ``B``** (each term signed, positive
 favours the switch; ``p = remaining_turn_weight``, ``E`` = expected remaining turns prior)::
@@ -33,9 +34,10 @@ into a price part and the cache part, so the prefix is priced once. ``continuity
 expected cost of coming back: with per-turn probability ``p`` the session will want ``A`` again
 within its ``E`` remaining turns, and returning re-prefills ``A`` and hands off again; a larger
 ``remaining_turn_weight`` or a longer expected session therefore values continuity more, as the
-published knob describes. At a decision-drift boundary the soft terms (handoff, history,
-continuity, stay) are zero but real money (turn cost, checkout, future cost) and the quality gap
-still count, so a drift does not throw away a hot frontier prefix for a few cents. (An idle
+published knob describes. At a decision-drift boundary the stickiness terms (stay, handoff,
+history, and the handoff part of continuity) are zero but real money (turn cost, checkout,
+future cost, the expected re-prefill of coming back) and the quality gap still count, so a drift
+does not throw away a hot frontier prefix for a few cents nor ping-pong with the topic. (An idle
 boundary reopens the choice to the base selector outright; ``engine`` does that.)
 """
 
@@ -61,10 +63,11 @@ class Warmth:
     now: float
     """Fraction of the previous prefix expected to be cached right now."""
     ratio: float
-    """Steady cached/prompt ratio of this session (evidence, else the prior)."""
+    """The session's reuse ratio (learned on warm turns, else the prior)."""
     warm_tokens: float
     """``W``: tokens of this prompt expected to hit the cache now."""
     evidence: bool
+    """True when ``ratio`` was learned from this session rather than the prior."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,23 +91,28 @@ def warmth_of(
 ) -> Warmth:
     """Estimate the prefix-cache warmth of ``current`` for this session at ``now``.
 
-    Evidence is per session and per physical model: cached tokens one backend reported say
-    nothing about another (upstream weakness #15).
+    The last response's prompt is resident on the model that served it, decaying with
+    ``cache_half_life_seconds``; the session's learned reuse ratio (``hit_ratio``, the prior
+    before any warm turn) says how much of it the next request really hits. Evidence is per
+    session and per physical model, never a model-level proxy (upstream weakness #15); a cold
+    first turn on a model says nothing about reuse, so it does not lower the ratio.
     """
-    evidence = state.evidence_model == current and state.evidence_prompt > 0
-    if evidence:
-        ratio = min(1.0, max(0.0, state.evidence_cached / state.evidence_prompt))
-        seen = state.evidence_at
+    ratio = state.hit_ratio if state.hit_ratio is not None else default_ratio
+    ratio = min(1.0, max(0.0, ratio))
+    if state.evidence_model == current and state.evidence_prompt > 0:
+        resident, seen = state.evidence_prompt, state.evidence_at
+    elif state.evidence_model is None:
+        # No usage reported yet (or never): assume the last routed prompt is resident.
+        resident, seen = state.context_tokens, state.last_seen
     else:
-        ratio = min(1.0, max(0.0, default_ratio))
-        seen = state.last_seen
+        # The last response came from another model: nothing of this session is resident here.
+        resident, seen = 0, state.last_seen
     half_life = knobs.cache_half_life_seconds
     age = max(0.0, now - seen)
     decay = 0.5 ** (age / half_life) if half_life > 0.0 else 1.0
-    previous = state.context_tokens or state.evidence_prompt or context_tokens
-    prefix = min(context_tokens, previous)
-    fraction = ratio * decay
-    return Warmth(fraction, ratio, prefix * fraction, evidence)
+    fraction = ratio * decay if resident > 0 else 0.0
+    warm = min(context_tokens, resident) * fraction
+    return Warmth(fraction, ratio, warm, state.hit_ratio is not None)
 
 
 def recent_switches(state: SessionState, knobs: SessionAwareKnobs, now: float) -> float:
@@ -189,8 +197,10 @@ def evaluate(
         checkout = -pcw * kappa * warm * (pb - cb)
         steady_b = tokens * (ratio * cb + (1.0 - ratio) * pb) + completion_tokens * ob
         future_cost = -kappa * future * (steady_b - steady_a)
+        # Coming back re-prefills A: real money, priced even at a reset boundary.
+        continuity = -back_probability * pcw * kappa * tokens * ratio * (pa - ca)
         if reset:
-            handoff = history = continuity = 0.0
+            handoff = history = 0.0
         else:
             if handoff_table:
                 there = priors.lookup_handoff(a_key, b_key).value
@@ -199,9 +209,7 @@ def evaluate(
                 there = back = priors.default_handoff_penalty
             handoff = -hpw * quality_weight * there
             history = -knobs.switch_history_weight * quality_weight * there * recent
-            continuity = -back_probability * (
-                pcw * kappa * tokens * ratio * (pa - ca) + hpw * quality_weight * back
-            )
+            continuity -= back_probability * hpw * quality_weight * back
         net = quality + turn_cost + checkout + future_cost + handoff + history + continuity + stay
         terms.append(
             SwitchTerms(

@@ -71,6 +71,9 @@ class DecisionTrace:
     mode: str
     scope: str
     phase: str
+    decision_source: str = "signals"
+    """``signals`` (matched), ``session`` (no signal matched: kept the session's decision)
+    or ``default`` (no signal matched and no session decision)."""
     current: str | None = None
     """The session's model before this turn (committed, else pending)."""
     proposed: str | None = None
@@ -103,6 +106,7 @@ class DecisionTrace:
         """JSON-serialisable form for replay (stable keys; floats as is)."""
         return {
             "decision": self.decision,
+            "decision_source": self.decision_source,
             "base_method": self.base_method,
             "base_choice": self.base_choice,
             "base_scores": [

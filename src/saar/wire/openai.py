@@ -2,8 +2,8 @@
 
 Theory of operation: ``saar.wire.request`` has already decoded the body's top level into
 ``dict[str, Raw]``; these parsers decode only the fields the facts need, into typed Structs
-that skip every unknown field in C (a 20 KB chat body costs ~10 µs here). Wrong types become
-``ClientError`` naming the field (``messages[3].content must be ...``).
+that skip every unknown field in C. Wrong types become ``ClientError`` naming the field
+(``messages[3].content must be ...``).
 
 Tool-loop state is derived per call id from the *trailing exchange* only, which avoids the
 upstream bugs (upstream-saar-behaviour.md §6.1, §13 item 9): cumulative counts that locked a
@@ -22,19 +22,19 @@ session forever after one dangling call.
 
 Provider state (what pins a request to where its state lives; ecosystem.md §4.3-4.4):
 
-========================  =========  =======  ==============================================
-reason                    API        pin      why
-========================  =========  =======  ==============================================
-``previous_response_id``  responses  BACKEND  vLLM keeps stored responses in one replica's
-                                              process memory; elsewhere it answers 404
-``responses_conversation`` responses BACKEND  a server-side conversation object lives where
-                                              it was created
-``item_reference``        responses  BACKEND  references a stored item by id, same as above
-``encrypted_reasoning``   responses  MODEL    ``reasoning`` items' ``encrypted_content`` only
-                                              the model that produced it can decrypt
-``encrypted_content``     responses  MODEL    any other item carrying ``encrypted_content``
-                                              (e.g. compaction items), same reason
-========================  =========  =======  ==============================================
+==========================  =========  =======  ============================================
+reason                      API        pin      why
+==========================  =========  =======  ============================================
+``previous_response_id``    responses  BACKEND  vLLM keeps stored responses in one replica's
+                                                process memory; elsewhere it answers 404
+``responses_conversation``  responses  BACKEND  a server-side conversation object lives
+                                                where it was created
+``item_reference``          responses  BACKEND  references a stored item by id, as above
+``encrypted_reasoning``     responses  MODEL    ``reasoning`` items' ``encrypted_content``:
+                                                only the model that wrote it can decrypt it
+``encrypted_content``       responses  MODEL    any other item carrying ``encrypted_content``
+                                                (e.g. compaction items), same reason
+==========================  =========  =======  ============================================
 
 Chat Completions carries no server-side state in a request (``store`` only affects the
 response), so chat requests never pin.
@@ -239,19 +239,12 @@ def chat_facts(
 
 
 def _is_message(item: _Item) -> bool:
-    return item.type == "message" or (item.type is None and item.role is not None)
+    """A message item; easy input messages omit the type."""
+    return item.type is None or item.type == "message"
 
 
 def _is_result(item: _Item) -> bool:
     return item.call_id is not None and item.type is not None and item.type.endswith("_output")
-
-
-def _is_output(item: _Item) -> bool:
-    """Model output replayed as input: assistant messages, reasoning, tool calls."""
-    if _is_message(item):
-        return item.role == "assistant"
-    kind = item.type or ""
-    return kind == "reasoning" or kind.endswith("_call")
 
 
 def responses_facts(
@@ -290,20 +283,27 @@ def responses_facts(
         reasons["previous_response_id"] = Pin.BACKEND
     if conversation is not None:
         reasons["responses_conversation"] = Pin.BACKEND
+    # One pass, classification inlined: this loop runs once per item of long histories.
     for index, item in enumerate(items):
+        kind = item.type
+        if kind == "message" or kind is None:
+            # A message (the type may be omitted); model output when the assistant wrote it.
+            output = item.role == "assistant"
+        else:
+            output = kind == "reasoning" or kind.endswith("_call")
+            if output and item.call_id is not None:
+                calls += 1
+            elif kind == "item_reference":
+                reasons["item_reference"] = Pin.BACKEND
         if item.encrypted_content:
-            kind = "encrypted_reasoning" if item.type == "reasoning" else "encrypted_content"
-            reasons[kind] = Pin.MODEL
-        elif item.type == "item_reference":
-            reasons["item_reference"] = Pin.BACKEND
-        if _is_output(item):
+            encrypted = "encrypted_reasoning" if kind == "reasoning" else "encrypted_content"
+            reasons[encrypted] = Pin.MODEL
+        if output:
             if not in_output:
                 turns += 1
                 last_output_start = index
                 in_output = True
             last_output_end = index + 1
-            if item.call_id is not None and not _is_message(item):
-                calls += 1
         else:
             in_output = False
 

@@ -1,10 +1,10 @@
 r"""The body ``model`` rewrite: a byte splice, never a re-serialisation.
 
-Theory of operation: bodies are 200 KB-1 MB for long agent histories, and re-encoding one
-costs ~4 µs per KB with stdlib json and reorders or reformats nothing the backend cares
-about, but risks changing bytes it does care about (number formatting, escapes, the prompt
-cache). So the top-level ``"model"`` value is located once, when the body is parsed, and the
-rewrite copies the body with only that span replaced (ARCHITECTURE.md §2 rule 8).
+Theory of operation: bodies are 200 KB-1 MB for long agent histories. Re-encoding one costs
+~4 µs per KB with stdlib json and can change bytes the client chose (number formatting such
+as ``1.0``, escapes, key order). So parsing locates the top-level ``"model"`` value and
+``rewrite_model`` copies the body once with only that span replaced (ARCHITECTURE.md §2
+rule 8).
 
 Locating it without scanning nested content in Python: msgspec has already validated the
 document and decoded its top level into ``dict[str, Raw]``, and each ``Raw`` is the exact
@@ -65,11 +65,11 @@ def find_model_span(body: bytes, top: Mapping[str, Raw]) -> tuple[int, int] | No
         if match is not None:
             key = match.group(1).decode("utf-8", "surrogatepass")
         else:
+            # Every decoded key seen: this must be the end of the object.
+            if count == len(top) and _END.match(body, pos):
+                return span
             match = _ESCAPED_KEY.match(body, pos)
-            if match is None:
-                # The end of the object, or a misaligned walk (see below).
-                if count == len(top) and _END.match(body, pos):
-                    return span
+            if match is None:  # a misaligned walk (see below)
                 raise _duplicate(key)
             try:
                 key = _KEY_STRING.decode(match.group(1))

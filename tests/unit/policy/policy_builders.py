@@ -155,5 +155,6 @@ def on_model(
             evidence_prompt=19_000,
             evidence_cached=int(19_000 * cached_ratio),
             evidence_at=now - 10.0,
+            hit_ratio=cached_ratio,
         )
     return replace(state, **fields)

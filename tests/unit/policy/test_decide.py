@@ -176,18 +176,35 @@ def test_idle_timeout_knob_moves_the_boundary() -> None:
 
 
 def test_decision_drift_reselects_only_when_enabled() -> None:
-    """A changed matched decision reopens the choice only with decision_drift_reset on."""
-    state = on_model(FRONTIER, decision="coding")
-    on = make_config(general_refs=EASY)
-    off = make_config(general_refs=EASY, knobs=SessionAwareKnobs(decision_drift_reset=False))
-    drifted, _ = decide(state, facts(), on, 1000.0)
-    assert (Action.RESELECT, Reason.DECISION_DRIFT, SMALL) == (
+    """A request matching another decision's signals reopens the choice only with drift on."""
+    state = on_model(MEDIUM_MI300, decision="general")
+    on = make_config()
+    off = make_config(knobs=SessionAwareKnobs(decision_drift_reset=False))
+    drifted, _ = decide(state, facts("debug this traceback"), on, 1000.0)
+    assert (Action.RESELECT, Reason.DECISION_DRIFT, FRONTIER, "coding") == (
         drifted.action,
         drifted.reason,
         drifted.target.key,
+        drifted.decision_name,
     )
-    kept, _ = decide(state, facts(), off, 1000.0)
-    assert (Action.STAY, FRONTIER) == (kept.action, kept.target.key)
+    kept, _ = decide(state, facts("debug this traceback"), off, 1000.0)
+    assert Action.RESELECT != kept.action
+    assert "coding" == kept.decision_name
+
+
+def test_turn_without_signals_keeps_the_session_decision() -> None:
+    """A bare "continue" matches no decision: the session stays in its decision, no drift."""
+    state = on_model(FRONTIER, decision="coding")
+    decision, new_state = decide(state, facts("continue"), make_config(general_refs=EASY), 1000.0)
+    assert ("coding", "session", False) == (
+        decision.decision_name,
+        decision.trace.decision_source,
+        decision.trace.decision_drift,
+    )
+    assert (Action.STAY, FRONTIER) == (decision.action, decision.target.key)
+    assert "coding" == new_state.decision
+    fresh, _ = decide(None, facts("continue"), make_config(general_refs=EASY), 1000.0)
+    assert ("general", "default") == (fresh.decision_name, fresh.trace.decision_source)
 
 
 def test_drift_to_decision_without_current_model_follows_base() -> None:
@@ -295,4 +312,29 @@ def test_trace_is_json_serialisable() -> None:
         len(data["candidates"]),
         data["action"],
         data["current"],
+    )
+
+
+def test_unhealthy_threshold_knob() -> None:
+    """unhealthy_after_failures sets how many consecutive failures move a session."""
+    state = on_model(FRONTIER, failures=((FRONTIER, 1),))
+    strict = make_config(general_refs=EASY, knobs=SessionAwareKnobs(unhealthy_after_failures=1))
+    assert Reason.BACKEND_UNHEALTHY == decide(state, facts(), strict, 1000.0)[0].reason
+    assert (
+        Reason.BACKEND_UNHEALTHY
+        != decide(state, facts(), make_config(general_refs=EASY), 1000.0)[0].reason
+    )
+
+
+def test_session_scope_keeps_the_model_across_conversations() -> None:
+    """Under scope session a new conversation continues the session's memory."""
+    config = make_config(learning=LearningConfig(scope=Scope.SESSION))
+    _, state = decide(None, facts("refactor", conversation_id="c1"), config, 100.0)
+    decision, _ = decide(
+        state, facts("refactor", conversation_id="c2", request_id="r2"), config, 101.0
+    )
+    assert (Action.STAY, Reason.BASE_AGREES, FRONTIER) == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
     )

@@ -102,7 +102,7 @@ def test_cache_half_life_cools_the_prefix() -> None:
 
 
 def test_warmth_uses_this_sessions_evidence_for_this_model_only() -> None:
-    """Cache evidence from another model does not make the current model warm."""
+    """A prefix resident on one model makes only that model warm."""
     state = on_model(FRONTIER, cached_ratio=0.9)
     knobs = SessionAwareKnobs()
     own = warmth_of(
@@ -121,9 +121,22 @@ def test_warmth_uses_this_sessions_evidence_for_this_model_only() -> None:
         default_ratio=0.5,
         now=1000.0,
     )
-    assert (True, False) == (own.evidence, other.evidence)
-    assert pytest.approx(0.9) == own.ratio
-    assert pytest.approx(0.5) == other.ratio
+    assert pytest.approx(19_000 * 0.9 * 0.5 ** (10 / 300)) == own.warm_tokens
+    assert 0.0 == other.warm_tokens
+
+
+def test_prior_ratio_applies_before_any_warm_turn() -> None:
+    """Without a learned reuse ratio the prior default_cache_hit_ratio is used."""
+    state = on_model(FRONTIER, cached_ratio=None)
+    warmth = warmth_of(
+        state=state,
+        current=FRONTIER,
+        context_tokens=20_000,
+        knobs=SessionAwareKnobs(cache_half_life_seconds=0.0),
+        default_ratio=0.8,
+        now=1000.0,
+    )
+    assert (False, 0.8, 0.8 * 19_000) == (warmth.evidence, warmth.ratio, warmth.warm_tokens)
 
 
 def test_longer_warm_context_raises_the_checkout() -> None:

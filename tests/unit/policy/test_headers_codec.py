@@ -105,6 +105,7 @@ def test_codec_round_trip_full_state() -> None:
         response_ids=("resp-1",),
         replay_id="r0",
         failures=((FRONTIER, 1),),
+        hit_ratio=0.25,
     )
     data = state.encode()
     assert state == SessionState.decode(data)

@@ -194,3 +194,13 @@ def test_portability_lock_knob_off_ignores_provider_state() -> None:
     config = make_config(knobs=SessionAwareKnobs(context_portability_hard_lock=False))
     decision, _ = decide(on_model(SMALL), request, config, 1000.0)
     assert (Action.STAY, SMALL) == (decision.action, decision.target.key)
+
+
+def test_removed_owner_is_reported_not_replaced() -> None:
+    """A call owner no longer configured is reported unknown, not swapped for the last model."""
+    state = on_model(SMALL, open_calls=(("call-1", "gone@nowhere"),))
+    decision, _ = decide(state, facts("ok", tool_result_ids=("call-1",)), make_config(), 1000.0)
+    assert (Action.ESTABLISH_BASELINE, Reason.TOOL_LOOP_OWNER_UNKNOWN) == (
+        decision.action,
+        decision.reason,
+    )

@@ -54,6 +54,7 @@ def states(draw: st.DrawFn) -> SessionState:
         evidence_prompt=prompt,
         evidence_cached=draw(st.integers(0, prompt)),
         evidence_at=draw(st.floats(0, 1000)),
+        hit_ratio=draw(st.one_of(st.none(), st.floats(0, 1))),
         open_calls=tuple(
             draw(st.lists(st.tuples(st.sampled_from(["c1", "c2", "c3"]), PHYSICAL), max_size=3))
         ),

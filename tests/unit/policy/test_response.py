@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from policy_builders import EASY_REFS, FRONTIER, SMALL, facts, make_config, on_model
 
 from saar.policy import (
@@ -84,18 +85,24 @@ def test_success_resets_failure_count() -> None:
 
 
 def test_cache_evidence_is_recorded_per_model() -> None:
-    """Prompt and cached tokens become this session's evidence for the serving model."""
+    """The served prompt becomes the resident prefix; reuse is learned on warm turns only."""
     config = make_config()
     _, state = decide(None, facts("refactor"), config, 100.0)
-    response = ResponseFacts("req-1", 200, prompt_tokens=1000, cached_tokens=800)
-    state = apply_response(state, response, config, 101.0)
+    cold = ResponseFacts("req-1", 200, prompt_tokens=1000, cached_tokens=0)
+    state = apply_response(state, cold, config, 101.0)
     assert state is not None
-    assert (FRONTIER, 1000, 800, 101.0) == (
+    assert (FRONTIER, 1000, 0, 101.0, None) == (
         state.evidence_model,
         state.evidence_prompt,
         state.evidence_cached,
         state.evidence_at,
+        state.hit_ratio,
     )
+    _, state = decide(state, facts("refactor", request_id="req-2"), config, 110.0)
+    warm = ResponseFacts("req-2", 200, prompt_tokens=1500, cached_tokens=900)
+    state = apply_response(state, warm, config, 111.0)
+    assert state is not None
+    assert (1500, pytest.approx(0.9)) == (state.evidence_prompt, state.hit_ratio)
 
 
 def test_response_ids_and_index_entries() -> None:
