@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/local.yaml
 
-.PHONY: run test check lint typecheck proto proto-check envoy-validate bench clean
+.PHONY: run test check lint typecheck proto proto-check envoy-validate docs docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(MAKE) --no-print-directory check
 
-check: lint typecheck proto-check envoy-validate
+check: lint typecheck proto-check envoy-validate docs-check
 	$(BIN)/pytest -q
 
 lint:
@@ -42,6 +42,15 @@ proto-check:
 
 envoy-validate:
 	$(BIN)/python scripts/validate_envoy.py
+
+## docs-check: generated references (actions and reasons, metrics) match the code.
+docs-check:
+	$(BIN)/python scripts/gen_policy_docs.py --check
+	$(BIN)/python scripts/gen_metrics_docs.py --check
+
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_policy_docs.py
+	$(BIN)/python scripts/gen_metrics_docs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,11 @@ __all__ = ["Router"]
 
 _log = structlog.get_logger("saar.router")
 
+# Parallel turns of one session (sub-agents, parallel tool results) race on one key; each
+# lost race re-runs the pure decision on fresh state. Jittered backoff spreads the retries.
+_MAX_ATTEMPTS = 12
+_BACKOFF_S = 0.002
+
 DecisionSink = Callable[[Decision, RequestFacts], None]
 """Receives every decision with its facts (replay recorder, tests); must not block."""
 
@@ -104,7 +109,14 @@ class Router:
                 decision, new_state = policy.decide(state, facts, config, self._clock())
                 return decision, None if new_state is None else new_state.encode()
 
-            outcome = await transact(self._store, key, step, ttl_s=settings.state.ttl_seconds)
+            outcome = await transact(
+                self._store,
+                key,
+                step,
+                ttl_s=settings.state.ttl_seconds,
+                max_attempts=_MAX_ATTEMPTS,
+                backoff_s=_BACKOFF_S,
+            )
             if outcome.attempts > 1:
                 metrics.store_conflicts.inc(outcome.attempts - 1)
             decision = outcome.value
@@ -144,7 +156,14 @@ class Router:
                 return None, None
             return None, new_state.encode()
 
-        await transact(self._store, key, step, ttl_s=self._settings.state.ttl_seconds)
+        await transact(
+            self._store,
+            key,
+            step,
+            ttl_s=self._settings.state.ttl_seconds,
+            max_attempts=_MAX_ATTEMPTS,
+            backoff_s=_BACKOFF_S,
+        )
 
     def _decode(self, current: Versioned | None) -> SessionState | None:
         if current is None:

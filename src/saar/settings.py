@@ -290,6 +290,8 @@ _KNOBS = frozenset(
         "decision_drift_reset",
         "prefix_cache_weight",
         "switch_history_weight",
+        "cache_half_life_seconds",
+        "unhealthy_after_failures",
     }
 )
 
@@ -573,10 +575,20 @@ def _parse_decision(
     method = algorithm.child("type").choice(SelectionMethod, SelectionMethod.STATIC)
     knobs = _parse_knobs(algorithm.child("session_aware"))
     hybrid_node = algorithm.child("hybrid")
-    hybrid_node.mapping(frozenset({"quality_weight", "cost_weight"}))
+    hybrid_node.mapping(
+        frozenset({"quality_weight", "cost_weight", "expected_completion_tokens"})
+    )
+    hybrid_defaults = HybridWeights()
     hybrid = HybridWeights(
-        quality_weight=hybrid_node.child("quality_weight").number(default=1.0, low=0.0),
-        cost_weight=hybrid_node.child("cost_weight").number(default=0.3, low=0.0),
+        quality_weight=hybrid_node.child("quality_weight").number(
+            default=hybrid_defaults.quality_weight, low=0.0
+        ),
+        cost_weight=hybrid_node.child("cost_weight").number(
+            default=hybrid_defaults.cost_weight, low=0.0
+        ),
+        expected_completion_tokens=hybrid_node.child("expected_completion_tokens").integer(
+            default=hybrid_defaults.expected_completion_tokens, low=0, high=1_000_000
+        ),
     )
     adaptations = node.child("adaptations")
     adaptations.mapping(frozenset({"session_aware"}))
@@ -696,5 +708,11 @@ def _parse_knobs(node: _Node) -> SessionAwareKnobs:
         ),
         switch_history_weight=node.child("switch_history_weight").number(
             default=defaults.switch_history_weight, low=0.0, high=100.0
+        ),
+        cache_half_life_seconds=node.child("cache_half_life_seconds").number(
+            default=defaults.cache_half_life_seconds, low=1.0
+        ),
+        unhealthy_after_failures=node.child("unhealthy_after_failures").integer(
+            default=defaults.unhealthy_after_failures, low=1, high=1000
         ),
     )

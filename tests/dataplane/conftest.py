@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from saar.stack import LocalStack, StackPorts, free_port
+from saar.testing.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "local.yaml"
@@ -99,13 +100,33 @@ StackFactory = Callable[..., Any]
 
 
 @pytest.fixture
+def redis_server() -> Any:
+    """A real redis-server on 127.0.0.1 for the duration of one test."""
+    with RedisServer() as server:
+        yield server
+
+
+def use_redis(url: str, **state: Any) -> Callable[[dict[str, Any]], None]:
+    """A config edit that puts router memory in the Redis at ``url``."""
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["state"] = {"backend": "redis", "redis": {"url": url}, **state}
+
+    return edit
+
+
+@pytest.fixture
 async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
     """Start stacks for a test (optionally with config edits); stops them all afterwards."""
     started: list[LocalStack] = []
 
     async def start(
-        edit: Callable[[dict[str, Any]], None] | None = None, *, with_saar: bool = True
+        edit: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        with_saar: bool = True,
+        share_emulator: Stack | None = None,
     ) -> Stack:
+        """Start a stack; with ``share_emulator`` it routes to that stack's emulated pools."""
         raw: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
         if edit is not None:
             edit(raw)
@@ -121,10 +142,19 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
                 listen=free_port(),
                 envoy_admin=free_port(),
                 metrics=free_port(),
-                emulator_offset=pick_port_offset(pool_ports(raw)),
-                emulator_control=free_port(),
+                emulator_offset=(
+                    share_emulator.local.ports.emulator_offset
+                    if share_emulator is not None
+                    else pick_port_offset(pool_ports(raw))
+                ),
+                emulator_control=(
+                    share_emulator.local.ports.emulator_control
+                    if share_emulator is not None
+                    else free_port()
+                ),
             ),
             with_saar=with_saar,
+            with_emulator=share_emulator is None,
         )
         started.append(local)
         await local.start()

@@ -31,6 +31,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from saar.extproc import headers as h
 from saar.extproc import responses
 from saar.policy.facts import Api, RequestFacts
+from saar.state import StoreError, TransactionConflictError
 from saar.wire import ClientError, api_for_path, error_body, parse_request
 
 if TYPE_CHECKING:
@@ -137,15 +138,22 @@ class ExtProcStream:
                 router.route(parsed), settings.server.decision_budget_ms / 1000.0
             )
         except TimeoutError:
-            self._metrics.fail_open.labels(phase="request_body", reason="decision_timeout").inc()
-            _log.warning("fail_open", reason="decision_timeout", api=api.value)
-            return responses.continue_request_body()
+            return self._fail_open("decision_timeout", api)
+        except TransactionConflictError:
+            return self._fail_open("state_conflict", api)
+        except StoreError as exc:
+            return self._fail_open("store_error", api, error=type(exc).__name__)
         self._decision = decision
         self._facts = parsed.facts
         body = parsed.rewrite_model(decision.target.model)
         return responses.route_request_body(
             cluster=decision.target.cluster, affinity_key=decision.affinity_key, body=body
         )
+
+    def _fail_open(self, reason: str, api: Api, **fields: str) -> ep.ProcessingResponse:
+        self._metrics.fail_open.labels(phase="request_body", reason=reason).inc()
+        _log.warning("fail_open", reason=reason, api=api.value, **fields)
+        return responses.continue_request_body()
 
     def _on_response_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
         decision = self._decision

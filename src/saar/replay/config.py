@@ -102,7 +102,9 @@ class ReplayConfig:
         if self.retention_days is not None and not float(self.retention_days) > 0.0:
             raise ReplayConfigError("replay.retention_days", "must be > 0 (or null to keep)")
         if self.max_rows is not None and (
-            isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1
+            isinstance(self.max_rows, bool)
+            or not isinstance(self.max_rows, int)
+            or self.max_rows < 1
         ):
             raise ReplayConfigError("replay.max_rows", "must be a positive integer (or null)")
         if not float(self.retention_interval_s) > 0.0:
@@ -145,7 +147,9 @@ class ReplayConfig:
                 raise ReplayConfigError(f"replay.{key}", "must be true or false")
         for key in ("flush_interval_ms", "retention_days"):
             value = kwargs.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
                 raise ReplayConfigError(f"replay.{key}", "must be a number")
         if "path" in priors:
             kwargs["priors_path"] = priors["path"]

@@ -62,7 +62,9 @@ _HANDLE_DOMAIN: Final = b"saar/replay/handle\x00"
 
 def handle_hash(value: str) -> str:
     """Return the stored form of a provider handle (tool-call id, response id): 16 hex chars."""
-    return hashlib.blake2b(_HANDLE_DOMAIN + value.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return hashlib.blake2b(
+        _HANDLE_DOMAIN + value.encode("utf-8", "surrogatepass"), digest_size=8
+    ).hexdigest()
 
 
 class OutcomeKind:
@@ -242,7 +244,9 @@ class ReplayRecord(Struct, frozen=True, kw_only=True):
     @property
     def feedback_score(self) -> float | None:
         """Mean explicit feedback score, or ``None`` without feedback."""
-        scores = [o.score for o in self.outcomes if o.kind == OutcomeKind.FEEDBACK and o.score is not None]
+        scores = [
+            o.score for o in self.outcomes if o.kind == OutcomeKind.FEEDBACK and o.score is not None
+        ]
         return sum(scores) / len(scores) if scores else None
 
 

@@ -54,8 +54,10 @@ class DropReason:
 
 
 class ReplayObserver(Protocol):
-    """Metrics hooks; called on the hot path (``on_enqueued``, ``queue_full`` drops) and on
-    the writer thread (the rest), so implementations must be thread-safe and cheap."""
+    """Metrics hooks, called from two threads: implementations must be thread-safe and cheap.
+
+    ``on_enqueued`` and ``queue_full`` drops run on the hot path; the rest on the writer thread.
+    """
 
     def on_enqueued(self) -> None:
         """One item entered the queue."""
@@ -108,8 +110,6 @@ class _Flush:
 
 _STOP: Final = object()
 
-_Item = tuple[Decision, RequestFacts, float, float | None] | tuple[ResponseFacts, float]
-
 
 def _classify(exc: sqlite3.Error) -> str:
     text = str(exc).lower()
@@ -158,14 +158,22 @@ class ReplayRecorder:
     def start(self) -> None:
         """Start the writer thread (idempotent)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="saar-replay-writer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="saar-replay-writer", daemon=True
+            )
             self._thread.start()
 
     # -- hot path -------------------------------------------------------------------------
 
     def sink(self, decision: Decision, facts: RequestFacts) -> None:
         """``Router.add_sink`` receiver: enqueue one decision; O(1), never blocks or raises."""
-        self.submit(decision, facts)
+        # ``submit`` inlined: this runs once per request on the event loop.
+        if self._closed or self._queue.qsize() >= self._max:
+            self._drop(DropReason.CLOSED if self._closed else DropReason.QUEUE_FULL)
+            return
+        self._queue.put_nowait((decision, facts, self._clock(), None))
+        self.stats.enqueued += 1
+        self._observer.on_enqueued()
 
     def submit(
         self, decision: Decision, facts: RequestFacts, *, latency_s: float | None = None
@@ -321,7 +329,9 @@ class ReplayRecorder:
             return
         except Exception as exc:
             self._drop(DropReason.DB_ERROR, n)
-            _log.warning("replay_write_failed", reason=DropReason.DB_ERROR, dropped=n, error=repr(exc))
+            _log.warning(
+                "replay_write_failed", reason=DropReason.DB_ERROR, dropped=n, error=repr(exc)
+            )
             return
         seconds = time.perf_counter() - started
         self.stats.written += n

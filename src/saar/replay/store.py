@@ -79,13 +79,17 @@ class ReplayStore(Protocol):
         """A session's records (optionally one conversation), oldest first."""
         ...
 
-    def scan(self, since: float | None = None, until: float | None = None) -> Iterator[ReplayRecord]:
+    def scan(
+        self, since: float | None = None, until: float | None = None
+    ) -> Iterator[ReplayRecord]:
         """Every record in time order (for priors and re-evaluation)."""
         ...
 
     def add_outcome(self, replay_id: str, outcome: Outcome) -> tuple[Outcome, bool]:
-        """Store ``outcome`` unless ``(replay_id, key)`` exists; return the stored row and
-        whether it was created. Raises ``KeyError`` for an unknown replay id."""
+        """Store ``outcome`` unless ``(replay_id, key)`` exists.
+
+        Returns the stored row and whether it was created; ``KeyError`` for an unknown id.
+        """
         ...
 
     def prune(self, now: float, max_age_s: float | None, max_rows: int | None) -> int:
@@ -140,9 +144,7 @@ class SqliteReplayStore:
         self.path = Path(path)
         if readonly:
             uri = f"file:{self.path.resolve()}?mode=ro"
-            self._db = sqlite3.connect(
-                uri, uri=True, check_same_thread=False, isolation_level=None
-            )
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -161,6 +163,8 @@ class SqliteReplayStore:
         self, records: Sequence[ReplayRecord], responses: Sequence[tuple[str, ResponseRecord]]
     ) -> None:
         """Insert ``records`` and merge ``responses`` in one transaction (rolled back on error)."""
+        # The body holds the decision only; a response or outcomes that come with a record
+        # (an import, a test) go to their own column and table, so nothing is stored twice.
         rows = [
             (
                 r.replay_id,
@@ -168,9 +172,14 @@ class SqliteReplayStore:
                 r.session_id,
                 r.conversation_id,
                 r.protected_key,
-                encode_record(r),
+                encode_record(r.with_results(None, ()) if r.response or r.outcomes else r),
             )
             for r in records
+        ]
+        merges = [(r.replay_id, r.response) for r in records if r.response is not None]
+        merges += responses
+        outcomes = [
+            (r.replay_id, o.key, o.kind, o.score, o.note, o.at) for r in records for o in r.outcomes
         ]
         with self._lock:
             db = self._db
@@ -182,7 +191,13 @@ class SqliteReplayStore:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                for replay_id, response in responses:
+                if outcomes:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO outcomes (replay_id, key, kind, score, note, ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        outcomes,
+                    )
+                for replay_id, response in merges:
                     row = db.execute(
                         "SELECT response FROM records WHERE replay_id = ?", (replay_id,)
                     ).fetchone()
@@ -219,14 +234,16 @@ class SqliteReplayStore:
             sql += " AND conversation_id = ?"
             args.append(conversation_id)
         # Newest ``limit`` rows, returned oldest first.
-        sql = f"SELECT * FROM ({sql} ORDER BY ts DESC LIMIT ?) ORDER BY rowid"
+        sql += " ORDER BY ts DESC LIMIT ?"
         args.append(int(limit))
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
             records = self._attach(rows)
         return sorted(records, key=lambda r: (r.time, r.replay_id))
 
-    def scan(self, since: float | None = None, until: float | None = None) -> Iterator[ReplayRecord]:
+    def scan(
+        self, since: float | None = None, until: float | None = None
+    ) -> Iterator[ReplayRecord]:
         """Every record in time order, read in pages so a large file never sits in memory."""
         low = float("-inf") if since is None else since
         high = float("inf") if until is None else until
@@ -252,180 +269,15 @@ class SqliteReplayStore:
             args = (last_ts, last_ts, last_id, high)
 
     def add_outcome(self, replay_id: str, outcome: Outcome) -> tuple[Outcome, bool]:
-        """Store ``outcome`` unless ``(replay_id, key)`` exists; return the stored row and
-        whether it was created. Raises ``KeyError`` for an unknown replay id."""
-        ...
-
-    def prune(self, now: float, max_age_s: float | None, max_rows: int | None) -> int:
-        """Apply retention; return how many records were deleted."""
-        ...
-
-    def count(self) -> int:
-        """Number of stored records."""
-        ...
-
-    def close(self) -> None:
-        """Release the connection."""
-        ...
-
-
-def merge_response(old: ResponseRecord | None, new: ResponseRecord) -> ResponseRecord:
-    """Merge a later response observation into an earlier one: non-null fields of ``new`` win.
-
-    The response path reports in steps (status at response headers, usage and tool calls at the
-    end of the body), so each step only fills what it knows.
-    """
-    if old is None:
-        return new
-    return ResponseRecord(
-        status=new.status if new.status is not None else old.status,
-        served_by=new.served_by or old.served_by,
-        physical=new.physical or old.physical,
-        response_id=new.response_id or old.response_id,
-        tool_call_ids=new.tool_call_ids or old.tool_call_ids,
-        finish_reason=new.finish_reason or old.finish_reason,
-        prompt_tokens=new.prompt_tokens if new.prompt_tokens is not None else old.prompt_tokens,
-        cached_tokens=new.cached_tokens if new.cached_tokens is not None else old.cached_tokens,
-        completion_tokens=(
-            new.completion_tokens if new.completion_tokens is not None else old.completion_tokens
-        ),
-        complete=new.complete if new.complete is not None else old.complete,
-        at=new.at if new.at is not None else old.at,
-    )
-
-
-class SqliteReplayStore:
-    """``ReplayStore`` on one SQLite file in WAL mode.
-
-    One instance holds one connection guarded by a lock, so it may be shared by threads; the
-    recorder's writer thread owns one instance and readers (CLI, admin endpoints) open their
-    own. ``busy_timeout_ms`` bounds how long a call waits for another process's write lock.
-    """
-
-    def __init__(
-        self, path: str | Path, *, busy_timeout_ms: int = 2000, readonly: bool = False
-    ) -> None:
-        self.path = Path(path)
-        if readonly:
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self._db = sqlite3.connect(
-                uri, uri=True, check_same_thread=False, isolation_level=None
-            )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), check_same_thread=False, isolation_level=None
-            )
-        self._lock = threading.Lock()
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        if not readonly:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode survives a process crash; a power cut may lose the last batch,
-            # which is acceptable for diagnostics and halves the fsyncs.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
-
-    def write(
-        self, records: Sequence[ReplayRecord], responses: Sequence[tuple[str, ResponseRecord]]
-    ) -> None:
-        """Insert ``records`` and merge ``responses`` in one transaction (rolled back on error)."""
-        rows = [
-            (
-                r.replay_id,
-                r.time,
-                r.session_id,
-                r.conversation_id,
-                r.protected_key,
-                encode_record(r),
-            )
-            for r in records
-        ]
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO records "
-                    "(replay_id, ts, session_id, conversation_id, protected_key, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                for replay_id, response in responses:
-                    row = db.execute(
-                        "SELECT response FROM records WHERE replay_id = ?", (replay_id,)
-                    ).fetchone()
-                    if row is None:
-                        continue  # the record was dropped or pruned: nothing to attach to
-                    old = _response_decoder.decode(row[0]) if row[0] is not None else None
-                    merged = merge_response(old, response)
-                    db.execute(
-                        "UPDATE records SET response = ? WHERE replay_id = ?",
-                        (dumps(merged), replay_id),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-    def get(self, replay_id: str) -> ReplayRecord | None:
-        """One record with its response and outcomes, or ``None``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT replay_id, body, response FROM records WHERE replay_id = ?", (replay_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return self._attach([row])[0]
-
-    def session(
-        self, session_id: str, conversation_id: str | None = None, limit: int = 1000
-    ) -> list[ReplayRecord]:
-        """A session's records (optionally one conversation), oldest first."""
-        sql = "SELECT replay_id, body, response FROM records WHERE session_id = ?"
-        args: list[object] = [session_id]
-        if conversation_id is not None:
-            sql += " AND conversation_id = ?"
-            args.append(conversation_id)
-        # Newest ``limit`` rows, returned oldest first.
-        sql = f"SELECT * FROM ({sql} ORDER BY ts DESC LIMIT ?) ORDER BY rowid"
-        args.append(int(limit))
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-            records = self._attach(rows)
-        return sorted(records, key=lambda r: (r.time, r.replay_id))
-
-    def scan(self, since: float | None = None, until: float | None = None) -> Iterator[ReplayRecord]:
-        """Every record in time order, read in pages so a large file never sits in memory."""
-        low = float("-inf") if since is None else since
-        high = float("inf") if until is None else until
-        last_ts, last_id = low, ""
-        first = True
-        while True:
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT replay_id, body, response, ts FROM records "
-                    "WHERE ts <= ? AND (ts > ? OR (ts = ? AND replay_id > ?) OR ?) "
-                    "ORDER BY ts, replay_id LIMIT 500",
-                    (high, last_ts, last_ts, last_id, 1 if first and since is None else 0),
-                ).fetchall()
-                if since is not None and first:
-                    rows = [r for r in rows if r[3] >= since]
-                page = self._attach([r[:3] for r in rows])
-            if not rows:
-                return
-            yield from page
-            last_ts, last_id = rows[-1][3], rows[-1][0]
-            first = False
-
-    def add_outcome(self, replay_id: str, outcome: Outcome) -> tuple[Outcome, bool]:
         """Store ``outcome`` unless ``(replay_id, key)`` exists (idempotent retries)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                if db.execute(
-                    "SELECT 1 FROM records WHERE replay_id = ?", (replay_id,)
-                ).fetchone() is None:
+                if (
+                    db.execute("SELECT 1 FROM records WHERE replay_id = ?", (replay_id,)).fetchone()
+                    is None
+                ):
                     raise KeyError(replay_id)
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO outcomes (replay_id, key, kind, score, note, ts) "
