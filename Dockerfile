@@ -28,6 +28,10 @@ RUN groupadd --system --gid 10001 saar \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin saar
 COPY --from=build /opt/saar /opt/saar
+# Working directory for relative paths (replay.path: run/replay.sqlite3); Kubernetes mounts
+# an emptyDir here because the root filesystem is read-only.
+WORKDIR /var/lib/saar
+RUN chown 10001:10001 /var/lib/saar
 USER 10001:10001
 # Prometheus metrics (server.metrics_address); the ext_proc socket lives on a shared emptyDir.
 EXPOSE 9464

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/local.yaml
 
-.PHONY: run test check lint typecheck proto proto-check envoy-validate docs docs-check clean
+.PHONY: run test check lint typecheck proto proto-check envoy-validate docs docs-check deploy-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(MAKE) --no-print-directory check
 
-check: lint typecheck proto-check envoy-validate docs-check
+check: lint typecheck proto-check envoy-validate docs-check deploy-check
 	$(BIN)/pytest -q
 
 lint:
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/lint-imports
 
 typecheck:
@@ -47,6 +47,10 @@ envoy-validate:
 docs-check:
 	$(BIN)/python scripts/gen_policy_docs.py --check
 	$(BIN)/python scripts/gen_metrics_docs.py --check
+
+## deploy-check: the ConfigMaps in deploy/ are generated from envoy/ and config/ and current.
+deploy-check:
+	$(BIN)/python scripts/gen_deploy.py --check
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_policy_docs.py

@@ -1,4 +1,4 @@
-"""Generate docs/reference/metrics.md from the metrics saar declares (``--check``: fail if stale)."""
+"""Generate docs/reference/metrics.md from saar's declared metrics (``--check``: fail if stale)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def render() -> str:
         "|---|---|---|---|",
     ]
     for info in Metrics().describe():
-        labels = ", ".join(f"`{label}`" for label in info.labels) or "–"
+        labels = ", ".join(f"`{label}`" for label in info.labels) or "-"
         lines.append(f"| `{info.name}` | {info.kind} | {labels} | {info.help} |")
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from prometheus_client import start_http_server
 
 from saar.extproc.server import ExtProcServer
 from saar.observability.metrics import Metrics
+from saar.replay import ReplayRecorder, SqliteReplayStore
+from saar.replay.http import ReplayHttpServer, make_app
 from saar.router import Router
 from saar.settings import ConfigError, ServerSettings, Settings, load_settings
 from saar.state import build_store
 
-__all__ = ["MetricsStoreObserver", "ServeOptions", "serve"]
+__all__ = ["MetricsReplayObserver", "MetricsStoreObserver", "ServeOptions", "serve"]
 
 _log = structlog.get_logger("saar.app")
 
@@ -47,6 +50,25 @@ class MetricsStoreObserver:
         """Track the circuit breaker's state."""
         self._metrics.store_breaker.set(1 if state == "open" else 0)
         _log.warning("store_breaker", state=state)
+
+
+class MetricsReplayObserver:
+    """Feeds the replay recorder's hooks into Prometheus metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_enqueued(self) -> None:
+        """Nothing to count per record: the queue depth gauge reads the queue directly."""
+
+    def on_dropped(self, reason: str) -> None:
+        """Count a dropped replay record."""
+        self._metrics.replay_dropped.labels(reason=reason).inc()
+
+    def on_written(self, n: int, seconds: float) -> None:
+        """Count written records and time the batch."""
+        self._metrics.replay_written.inc(n)
+        self._metrics.replay_batch_seconds.observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +97,19 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     settings = _with_overrides(load_settings(config_path), options)
     metrics = Metrics()
     store = build_store(settings.state, MetricsStoreObserver(metrics))
-    router = Router(settings, store, metrics)
-    server = ExtProcServer(router, metrics)
+    recorder: ReplayRecorder | None = None
+    replay_store: SqliteReplayStore | None = None
+    if settings.replay.enabled:
+        Path(settings.replay.path).parent.mkdir(parents=True, exist_ok=True)
+        recorder = ReplayRecorder.from_config(
+            settings.replay, observer=MetricsReplayObserver(metrics)
+        )
+        recorder.start()
+        metrics.replay_queue_depth.set_function(recorder.queue_depth)
+        replay_store = SqliteReplayStore(settings.replay.path)
+    router = Router(settings, store, metrics, recorder=recorder)
+    server = ExtProcServer(router, metrics, replay_store=replay_store)
+    http: ReplayHttpServer | None = None
     addresses: list[str] = []
     if settings.server.grpc_socket:
         addresses.append(server.bind_unix(settings.server.grpc_socket))
@@ -86,6 +119,10 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     if settings.server.metrics_address:
         host, _, port = settings.server.metrics_address.rpartition(":")
         start_http_server(int(port), addr=host, registry=metrics.registry)
+    if replay_store is not None and settings.replay.http_address:
+        app = make_app(replay_store, config=lambda: router.settings.policy)
+        http = ReplayHttpServer(app, settings.replay.http_address)
+        addresses.append(await http.start())
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -106,7 +143,10 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, "sighup")
-    watcher = asyncio.create_task(_watch(Path(config_path), options.watch_interval_s, reload))
+    watched = [Path(config_path)]
+    if settings.replay.priors_path:
+        watched.append(Path(settings.replay.priors_path))
+    watcher = asyncio.create_task(_watch(watched, options.watch_interval_s, reload))
 
     _log.info("saar_ready", addresses=addresses, config=settings.source)
     # The exact line tools and tests wait for.
@@ -115,18 +155,22 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     _log.info("saar_draining", grace_s=settings.server.drain_seconds)
     watcher.cancel()
     await server.stop(settings.server.drain_seconds)
+    if http is not None:
+        await http.stop()
+    if recorder is not None:
+        # The writer thread flushes what is queued; joining it must not block the loop.
+        await asyncio.to_thread(recorder.close)
     await store.close()
     _log.info("saar_stopped")
     return 0
 
 
-async def _watch(path: Path, interval: float, reload: object) -> None:
-    """Reload when the config file changes (ConfigMap updates replace the file)."""
-    assert callable(reload)
-    last = _stamp(path)
+async def _watch(paths: list[Path], interval: float, reload: Callable[[str], None]) -> None:
+    """Reload when the config or priors file changes (ConfigMap updates replace files)."""
+    last = [_stamp(path) for path in paths]
     while True:
         await asyncio.sleep(interval)
-        current = _stamp(path)
+        current = [_stamp(path) for path in paths]
         if current != last:
             last = current
             reload("file_changed")

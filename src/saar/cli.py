@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from saar import __version__
 
@@ -35,12 +37,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_loop(coro: object) -> int:
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return int(asyncio.run(coro))  # type: ignore[arg-type]
-    return int(uvloop.run(coro))  # type: ignore[arg-type]
+        return asyncio.run(coro)
+    result: int = uvloop.run(coro)
+    return result
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -143,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
 
-    from saar.emulator.command import register
+    from saar.deploy.command import register as register_deploy
+    from saar.emulator.command import register as register_emulator
+    from saar.replay.command import register as register_replay
 
-    register(sub)
+    register_emulator(sub)
+    register_replay(sub)
+    register_deploy(sub)
     return parser
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any, Protocol
 
 import structlog
 
 from saar import policy
 from saar.observability.metrics import Metrics
 from saar.policy.decision import Decision
-from saar.policy.facts import RequestFacts, ResponseFacts
+from saar.policy.facts import BackendPin, RequestFacts, ResponseFacts
 from saar.policy.session import SessionCodecError, SessionState
 from saar.settings import Settings
 from saar.state import SessionStore, Versioned, transact
@@ -37,8 +39,23 @@ _log = structlog.get_logger("saar.router")
 _MAX_ATTEMPTS = 12
 _BACKOFF_S = 0.002
 
-DecisionSink = Callable[[Decision, RequestFacts], None]
-"""Receives every decision with its facts (replay recorder, tests); must not block."""
+
+class DecisionRecorder(Protocol):
+    """Where decisions and what the response path learned are recorded (Router Replay).
+
+    Both calls run on the event loop once per request and must be O(1) and never block
+    (the replay recorder only enqueues).
+    """
+
+    def submit(
+        self, decision: Decision, facts: RequestFacts, *, latency_s: float | None = None
+    ) -> bool:
+        """Record one decision and how long it took."""
+        ...
+
+    def record_response(self, response: ResponseFacts) -> bool:
+        """Record what the response path learned about an earlier decision."""
+        ...
 
 
 class Router:
@@ -51,6 +68,7 @@ class Router:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        recorder: DecisionRecorder | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -58,7 +76,7 @@ class Router:
         # Wall-clock time: sessions move between replicas, and monotonic clocks differ.
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sinks: list[DecisionSink] = []
+        self._recorder = recorder
 
     @property
     def settings(self) -> Settings:
@@ -73,10 +91,6 @@ class Router:
     def reload(self, settings: Settings) -> None:
         """Swap in a new, already validated configuration."""
         self._settings = settings
-
-    def add_sink(self, sink: DecisionSink) -> None:
-        """Register a receiver of every decision (e.g. the replay recorder)."""
-        self._sinks.append(sink)
 
     def new_request_id(self) -> str:
         """A time-ordered, unguessable request id (48-bit ms timestamp + 80 random bits)."""
@@ -98,6 +112,8 @@ class Router:
         settings = self._settings
         config = settings.policy
         facts = parsed.facts
+        if facts.previous_response_id is not None:
+            facts = await self._resolve_pin(facts)
         key = policy.protected_key(facts, config)
         if key is None:
             decision, _ = policy.decide(None, facts, config, self._clock())
@@ -120,9 +136,29 @@ class Router:
             if outcome.attempts > 1:
                 metrics.store_conflicts.inc(outcome.attempts - 1)
             decision = outcome.value
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        self._record(decision, facts)
+        elapsed = time.perf_counter() - started
+        self._metrics.decision_seconds.observe(elapsed)
+        self._record(decision, facts, elapsed)
         return decision
+
+    async def _resolve_pin(self, facts: RequestFacts) -> RequestFacts:
+        """Attach the backend that minted ``previous_response_id`` (the response index)."""
+        assert facts.previous_response_id is not None
+        entry = await self._store.load(policy.response_index_key(facts.previous_response_id))
+        pin = None if entry is None else BackendPin.decode(entry.data)
+        if pin is None:
+            return facts
+        if pin.physical not in self._settings.policy.physical_models:
+            # The backend holding that response is gone from the config: sending the request
+            # anywhere else would only earn a "response not found" from the wrong backend.
+            raise ClientError(
+                409,
+                "previous_response_unavailable",
+                f"the backend that stored response {facts.previous_response_id[:64]!r} is no "
+                "longer served here; start a new conversation or resend the full input",
+                param="previous_response_id",
+            )
+        return replace(facts, response_pin=pin)
 
     def response_headers(self, decision: Decision) -> tuple[tuple[str, str], ...]:
         """The ``x-vsr-*`` response headers for ``decision``."""
@@ -135,11 +171,35 @@ class Router:
         pool = decision.target.pool
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
         self._metrics.responses.labels(pool=pool, status_class=status_class).inc()
+        response = ResponseFacts(
+            request_id=decision.replay_id,
+            status=status,
+            served_by=served_by,
+            physical=decision.target.key,
+        )
+        self.learn(decision, response)
+
+    def learn(self, decision: Decision, response: ResponseFacts) -> None:
+        """Record ``response`` and fold it into router memory, off the hot path."""
+        if self._recorder is not None:
+            try:
+                self._recorder.record_response(response)
+            except Exception:
+                self._metrics.background_errors.labels(task="replay_response").inc()
+                _log.exception("replay_response_error")
+        entries = policy.index_entries(decision, response)
+        if entries:
+            self._spawn(self._index(entries), "index_response")
         key = decision.protected_key
         if key is None:
             return
-        response = ResponseFacts(request_id=decision.replay_id, status=status, served_by=served_by)
         self._spawn(self._learn(key, response), "learn_response")
+
+    async def _index(self, entries: list[tuple[str, BackendPin]]) -> None:
+        ttl = self._settings.state.ttl_seconds
+        for key, pin in entries:
+            # First writer wins: a response id is minted once, by one backend.
+            await self._store.compare_and_set(key, pin.encode(), expected_version=None, ttl_s=ttl)
 
     async def drain(self) -> None:
         """Wait for the response-path work still in flight (used on shutdown and in tests)."""
@@ -177,7 +237,7 @@ class Router:
             _log.warning("state_decode_error", error=str(exc))
             return None
 
-    def _record(self, decision: Decision, facts: RequestFacts) -> None:
+    def _record(self, decision: Decision, facts: RequestFacts, latency_s: float) -> None:
         metrics = self._metrics
         target = decision.target
         metrics.routed.labels(model=target.model, pool=target.pool).inc()
@@ -187,15 +247,15 @@ class Router:
             reason=decision.reason,
             mode=decision.mode.value,
         ).inc()
-        for sink in self._sinks:
+        if self._recorder is not None:
             try:
-                sink(decision, facts)
-            except Exception:  # a broken sink must never fail a request
-                metrics.background_errors.labels(task="decision_sink").inc()
-                _log.exception("decision_sink_error")
+                self._recorder.submit(decision, facts, latency_s=latency_s)
+            except Exception:  # a broken recorder must never fail a request
+                metrics.background_errors.labels(task="replay_submit").inc()
+                _log.exception("replay_submit_error")
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:

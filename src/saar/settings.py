@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -44,6 +44,8 @@ from saar.policy.config import (
     Signal,
     SignalKind,
 )
+from saar.replay.config import ReplayConfig, ReplayConfigError
+from saar.replay.priors import PriorsFileError, load_priors
 from saar.state.config import Backend, FailOpenTo, StoreConfig, StoreConfigError
 
 __all__ = ["ConfigError", "ServerSettings", "Settings", "load_settings", "parse_settings"]
@@ -92,6 +94,7 @@ class Settings:
     server: ServerSettings
     state: StoreConfig
     policy: PolicyConfig
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     """The parsed YAML, for consumers with their own sections (the emulator)."""
 
@@ -217,7 +220,7 @@ def _fmt(number: float) -> str:
     return str(int(number)) if number == int(number) else str(number)
 
 
-_TOP = frozenset({"server", "state", "models", "pools", "global", "routing"})
+_TOP = frozenset({"server", "state", "models", "pools", "global", "routing", "replay", "priors"})
 _SERVER = frozenset(
     {
         "grpc_socket",
@@ -310,7 +313,17 @@ def load_settings(path: str | Path) -> Settings:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, f"is not valid YAML{where}: {problem}") from None
-    return parse_settings(raw, source=source)
+    settings = parse_settings(raw, source=source)
+    priors_path = settings.replay.priors_path
+    if priors_path is None:
+        return settings
+    # Replay-built priors (``saar priors build``) replace the configured defaults; they are
+    # re-read with the config, so a rebuilt file applies on reload.
+    try:
+        priors = load_priors(priors_path, defaults=settings.policy.priors)
+    except PriorsFileError as exc:
+        raise ConfigError("priors.path", str(exc)) from None
+    return replace(settings, policy=replace(settings.policy, priors=priors))
 
 
 def parse_settings(raw: Any, *, source: str = "<config>") -> Settings:
@@ -346,11 +359,16 @@ def parse_settings(raw: Any, *, source: str = "<config>") -> Settings:
         learning=learning,
         header_signals=header_signals,
     )
+    try:
+        replay = ReplayConfig.from_mapping(raw)
+    except ReplayConfigError as exc:
+        raise ConfigError(exc.path, exc.message) from None
     return Settings(
         source=source,
         server=server,
         state=_parse_state(root.child("state")),
         policy=policy,
+        replay=replay,
         raw=MappingProxyType(dict(raw)),
     )
 
@@ -575,9 +593,7 @@ def _parse_decision(
     method = algorithm.child("type").choice(SelectionMethod, SelectionMethod.STATIC)
     knobs = _parse_knobs(algorithm.child("session_aware"))
     hybrid_node = algorithm.child("hybrid")
-    hybrid_node.mapping(
-        frozenset({"quality_weight", "cost_weight", "expected_completion_tokens"})
-    )
+    hybrid_node.mapping(frozenset({"quality_weight", "cost_weight", "expected_completion_tokens"}))
     hybrid_defaults = HybridWeights()
     hybrid = HybridWeights(
         quality_weight=hybrid_node.child("quality_weight").number(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,6 @@ async def test_anthropic_errors_use_anthropic_shape(settings: Settings) -> None:
 
 async def test_oversized_body_is_rejected_with_413(settings: Settings) -> None:
     """A body over server.max_body_bytes is refused with 413 before it is parsed."""
-    from dataclasses import replace
-
     small = replace(settings, server=replace(settings.server, max_body_bytes=2048))
     async with ExtProcHarness(small) as saar:
         turn = await saar.exchange(body=chat("x" * 4096), headers=SESSION)
@@ -145,8 +144,6 @@ async def test_internal_errors_fail_open(
     settings: Settings, store: MemoryStore, reason: str
 ) -> None:
     """An internal error or a slow decision continues the body unmodified and is counted."""
-    from dataclasses import replace
-
     fast = replace(settings, server=replace(settings.server, decision_budget_ms=50.0))
     async with ExtProcHarness(fast, store=store) as saar:
         turn = await saar.exchange(body=chat("hello"), headers=SESSION)

@@ -80,7 +80,7 @@ def test_inject_adds_a_native_sidecar_and_shares_the_socket() -> None:
     envoy = spec["containers"][0]
     assert {"name": "saar-socket", "mountPath": "/var/run/saar"} in envoy["volumeMounts"]
     volumes = {v["name"] for v in spec["volumes"]}
-    assert {"envoy-config", "saar-socket", "saar-config", "saar-tmp"} == volumes
+    assert {"envoy-config", "saar-socket", "saar-config", "saar-tmp", "saar-data"} == volumes
     assert "true" == deployment["spec"]["template"]["metadata"]["annotations"][INJECTED_ANNOTATION]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from saar.deploy.inject import InjectOptions, sidecar_container
 from saar.deploy.probe import EXTPROC_SERVICE, check
 from saar.stack import ChildProcess, free_port
 
@@ -73,30 +76,40 @@ def test_missing_socket_fails_both_probes(socket_dir: Path) -> None:
     assert healthy is False
 
 
-async def test_probe_passes_against_saar_serving_the_kubernetes_config(socket_dir: Path) -> None:
-    """`saar serve` boots config/kubernetes.yaml and the probe, run as kubelet does, passes."""
-    socket = socket_dir / "saar.sock"
-    saar = ChildProcess(
-        "saar",
-        [
-            sys.executable, "-m", "saar", "serve", "--config", "config/kubernetes.yaml",
-            "--grpc-socket", str(socket), "--metrics-address", f"127.0.0.1:{free_port()}",
-        ],
-        socket_dir / "saar.log",
-        ROOT,
-    )  # fmt: skip
+async def test_sidecar_command_serves_a_world_writable_socket_that_probes_pass(
+    socket_dir: Path,
+) -> None:
+    """The sidecar's exact command line boots config/kubernetes.yaml; Envoy's UID can connect."""
+    options = InjectOptions(socket_dir=str(socket_dir))
+    container = sidecar_container(options)
+    # The pod's paths, moved under the test's directory: data volume (workingDir) and config.
+    data = socket_dir / "data"
+    data.mkdir()
+    assert "/var/lib/saar" == container["workingDir"]
+    config = socket_dir / "config.yaml"
+    source = (ROOT / "config/kubernetes.yaml").read_text(encoding="utf-8")
+    assert "path: /var/lib/saar/replay.sqlite3" in source
+    config.write_text(source.replace("/var/lib/saar/", f"{data}/"), encoding="utf-8")
+    replace = {"/etc/saar/config.yaml": str(config), "0.0.0.0:9464": f"127.0.0.1:{free_port()}"}
+    argv = [*container["command"], *(replace.get(a, a) for a in container["args"])]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    saar = ChildProcess("saar", argv, socket_dir / "saar.log", data, env)
     saar.start()
     try:
         await saar.wait_for_output("saar ready", timeout_s=30.0)
-        for extra in ([], ["--alive"]):
+        assert (data / "replay.sqlite3").exists(), "replay writes to the data volume"
+        mode = os.stat(options.socket_path).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert mode & stat.S_IWOTH, "another UID (Envoy's) needs write permission to connect"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             result = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "saar.deploy.probe", "--socket", str(socket), *extra],
+                [sys.executable, *container[probe]["exec"]["command"][1:]],
                 capture_output=True,
                 text=True,
                 check=False,
                 timeout=30,
             )
-            assert 0 == result.returncode, result.stderr + saar.output()
+            assert 0 == result.returncode, probe + result.stderr + saar.output()
     finally:
         assert 0 == await saar.stop(grace_s=30.0)

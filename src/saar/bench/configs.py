@@ -157,7 +157,10 @@ MATRIX_CONFIG: Final[dict[str, Any]] = {
             {
                 "name": "general",
                 "priority": 0,
-                "modelRefs": [{"model": "small-8b"}, {"model": "medium-32b", "pool": "mi300-medium"}],
+                "modelRefs": [
+                    {"model": "small-8b"},
+                    {"model": "medium-32b", "pool": "mi300-medium"},
+                ],
                 "algorithm": {"type": "session_aware", "session_aware": dict(_KNOBS)},
             },
         ],

@@ -183,9 +183,7 @@ def policies() -> list[PolicySpec]:
         PolicySpec("no-drift-reset", "saar", _knob_variant(raw, decision_drift_reset=False)),
         # idle_timeout_seconds 0 disables the idle boundary (engine: timeout > 0 is required).
         PolicySpec("no-idle-boundary", "saar", _knob_variant(raw, idle_timeout_seconds=0.0)),
-        PolicySpec(
-            "no-prefix-cache-pricing", "saar", _knob_variant(raw, prefix_cache_weight=0.0)
-        ),
+        PolicySpec("no-prefix-cache-pricing", "saar", _knob_variant(raw, prefix_cache_weight=0.0)),
     ]
 
 
@@ -441,14 +439,18 @@ def _target(saar: dict[str, Any], options: MatrixOptions) -> dict[str, Any]:
             v for k, v in checks.items() if k != "cost_reduction_above_published_shared_cache"
         ),
         "pareto_better_shared_cache": all(
-            v for k, v in checks.items() if k != "cost_reduction_above_published_upstream_convention"
+            v
+            for k, v in checks.items()
+            if k != "cost_reduction_above_published_upstream_convention"
         ),
     }
 
 
 def _machine() -> str:
     cpus = len(_cpus())
-    return f"{platform.system()} {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}"
+    )
 
 
 def _cpus() -> list[str]:
@@ -469,14 +471,14 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Policy matrix",
         "",
-        f"{doc['date']} · {doc['machine']} · {len(opts['workloads'])} workloads × "
-        f"{opts['seeds']} seeds × {opts['sessions']} sessions × {opts['turns']} turns = "
+        f"{doc['date']} · {doc['machine']} · {len(opts['workloads'])} workloads x "
+        f"{opts['seeds']} seeds x {opts['sessions']} sessions x {opts['turns']} turns = "
         f"{opts['total_turns']:,} turns · prefix cache TTL {opts['cache_ttl_s']:.0f} s",
         "",
         "Cost reduction is against single-turn. *shared cache*: every policy, single-turn "
         "included, pays by the same prefix-cache model. *upstream conv.*: single-turn priced "
         "without any cache, as the published evaluation did. Quality delta = mean served "
-        "quality − the base selector's; demand quality = quality − 2 × shortfall below the "
+        "quality - the base selector's; demand quality = quality - 2 x shortfall below the "
         "turn's latent demand.",
         "",
         "| Policy | Switches | Switch red. | Unsafe (tool / provider) | Cost red. (shared cache)"
@@ -501,9 +503,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in doc["published"].items():
-        switches = f"{row['switches']:,}" if "switches" in row else "–"
-        red = _pct(row["switch_reduction"]) if "switch_reduction" in row else "–"
-        qd = f"{row['quality_delta']:+.4f}" if "quality_delta" in row else "–"
+        switches = f"{row['switches']:,}" if "switches" in row else "-"
+        red = _pct(row["switch_reduction"]) if "switch_reduction" in row else "-"
+        qd = f"{row['quality_delta']:+.4f}" if "quality_delta" in row else "-"
         lines.append(
             f"| {name} | {switches} | {red} | {row['unsafe']:,} | "
             f"{_pct(row['cost_reduction'])} | {qd} |"

@@ -48,8 +48,8 @@ def scatter_svg(
     """A labelled scatter plot (x and y in their own units) as an SVG document."""
     xs = [p[1] for p in points] or [0.0]
     ys = [p[2] for p in points] or [0.0]
-    x0, x1 = min(xs + [0.0]), max(xs + [1.0])
-    y0, y1 = min(ys), max(ys + [0.0])
+    x0, x1 = min([*xs, 0.0]), max([*xs, 1.0])
+    y0, y1 = min(ys), max([*ys, 0.0])
     if y1 - y0 < 1e-9:
         y1 = y0 + 1.0
     pad_y = 0.1 * (y1 - y0)
@@ -112,12 +112,18 @@ def write_matrix_plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[Pa
     switches = [float(rows[n]["switches"]) for n in names]
     points = [(n, float(rows[n]["cost_reduction"]), float(rows[n]["quality_delta"])) for n in names]
     points += [
-        (f"{n} (upstream conv.)", float(rows[n]["cost_reduction_upstream"]), float(rows[n]["quality_delta"]))
+        (
+            f"{n} (upstream conv.)",
+            float(rows[n]["cost_reduction_upstream"]),
+            float(rows[n]["quality_delta"]),
+        )
         for n in ("saar", "sticky")
     ]
     for name, row in doc["published"].items():
         if "quality_delta" in row:
-            points.append((f"published {name}", float(row["cost_reduction"]), float(row["quality_delta"])))
+            points.append(
+                (f"published {name}", float(row["cost_reduction"]), float(row["quality_delta"]))
+            )
     out = []
     path = out_dir / f"{stem}-switches.svg"
     path.write_text(bar_svg("Model switches per policy", names, switches))

@@ -9,14 +9,14 @@ Markov process rather than a fixed slot schedule (the published description, mad
 * **Latent difficulty.** Each segment has a demand in [0, 1] (the quality a turn needs), drawn
   per topic; hard spikes in a non-reasoning topic sometimes say "root cause" or "step by step",
   which the router sees as a reasoning signal.
-* **Tool loops.** A turn's answer emits 1–3 parallel tool calls with ``tool_rate``; the client
+* **Tool loops.** A turn's answer emits 1-3 parallel tool calls with ``tool_rate``; the client
   then sends their results (``tool_result_ids``) after a short tool run; the loop goes on for a
   geometric number of rounds (``tool_rounds``). Tool outputs grow the context a lot.
 * **Provider state.** A share of sessions speak the Responses API (``responses_rate``): a request
   continues the previous response with ``previous_response_id`` (BACKEND-pinned state) with
   ``chain_rate``, else resends its input and starts a new chain.
 * **Pauses.** Think time between user turns is seconds to a minute; with ``idle_rate`` the user
-  pauses for 0.4–4x the idle timeout (so some pauses cross the boundary and some do not).
+  pauses for 0.4-4x the idle timeout (so some pauses cross the boundary and some do not).
 * **Short turns.** After an answer, with ``followup_rate`` the user sends "continue", "fix it",
   "run that again"...: no signal, tiny text, the same demand as the segment.
 * **Context** starts with a system prompt and tool schemas and grows with every user message,
@@ -174,7 +174,9 @@ def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:
     return rng.choices(names, weights=[weights[n] for n in names], k=1)[0]
 
 
-def _topic_text(rng: random.Random, topic: str, signal_rate: float, keywords: Mapping[str, tuple[str, ...]]) -> str:
+def _topic_text(
+    rng: random.Random, topic: str, signal_rate: float, keywords: Mapping[str, tuple[str, ...]]
+) -> str:
     filler = rng.choice(_FILLER)
     words = keywords.get(topic)
     if words and rng.random() < signal_rate:
@@ -220,7 +222,11 @@ def generate_session(workload: Workload, seed: int, number: int, turns: int) -> 
             else:
                 kind = "user"
                 if index > 0 and rng.random() < workload.drift_rate:
-                    topic = _pick(rng, {t: w for t, w in workload.topic_weights.items() if t != topic} or workload.topic_weights)
+                    topic = _pick(
+                        rng,
+                        {t: w for t, w in workload.topic_weights.items() if t != topic}
+                        or workload.topic_weights,
+                    )
                 if rng.random() < workload.hard_rate:
                     demand = rng.uniform(*_HARD_DEMAND)
                     text = _topic_text(rng, topic, workload.signal_rate, keywords)
@@ -294,9 +300,7 @@ def _calls(rng: random.Random, sid: str, start: int) -> tuple[str, ...]:
     return tuple(f"call-{sid}-{start + k}" for k in range(count))
 
 
-def generate_sessions(
-    workload: Workload, seeds: int, sessions: int, turns: int
-) -> list[Session]:
+def generate_sessions(workload: Workload, seeds: int, sessions: int, turns: int) -> list[Session]:
     """Every session of one workload: ``seeds`` x ``sessions``, each of ``turns`` requests."""
     return [
         generate_session(workload, seed, number, turns)

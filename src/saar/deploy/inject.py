@@ -8,8 +8,9 @@ around it, so the two can never disagree. For each workload with an Envoy contai
   ``restartPolicy: Always`` (Kubernetes >= 1.29). Kubernetes starts it, waits for its
   ``startupProbe`` (gRPC health over the Unix socket), then starts Envoy, so Envoy never
   serves with a dead processor; on shutdown it stops only after Envoy has exited;
-* adds the socket ``emptyDir`` mounted in both containers, the config ConfigMap and a
-  writable ``/tmp`` for saar (its root filesystem is read-only);
+* adds the socket ``emptyDir`` mounted in both containers, the config ConfigMap, and a
+  writable ``/tmp`` and data directory (replay records) for saar, whose root filesystem is
+  read-only;
 * patches the Envoy bootstrap, when the ConfigMap holding it is part of the input: early
   header mutation stripping client ``x-saar-*``, the ``ext_proc`` filter before the router,
   the ``saar`` Unix-socket cluster and the cluster-header route before the existing routes.
@@ -64,7 +65,9 @@ INJECTED_ANNOTATION = "saar.io/injected"
 SOCKET_VOLUME = "saar-socket"
 CONFIG_VOLUME = "saar-config"
 TMP_VOLUME = "saar-tmp"
+DATA_VOLUME = "saar-data"
 CONFIG_DIR = "/etc/saar"
+DATA_DIR = "/var/lib/saar"
 METRICS_PORT = 9464
 SAAR_UID = 10001
 EXTPROC_CLUSTER = "saar"
@@ -136,6 +139,9 @@ def sidecar_container(options: InjectOptions) -> dict[str, Any]:
         # Envoy may run under another UID than saar; a socket needs write permission to
         # connect, so it is created world-writable. Only this pod mounts the emptyDir.
         "command": ["/bin/sh", "-c", 'umask 000 && exec saar "$@"', "saar"],
+        # The root filesystem is read-only: relative paths (replay.path defaults to
+        # run/replay.sqlite3) land on the writable data volume.
+        "workingDir": DATA_DIR,
         "args": [
             "serve",
             "--config",
@@ -186,6 +192,7 @@ def sidecar_container(options: InjectOptions) -> dict[str, Any]:
             {"name": SOCKET_VOLUME, "mountPath": options.socket_dir},
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": DATA_VOLUME, "mountPath": DATA_DIR},
         ],
     }
 
@@ -195,6 +202,8 @@ def _volumes(options: InjectOptions) -> list[dict[str, Any]]:
         {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": CONFIG_VOLUME, "configMap": {"name": options.config_configmap}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+        # Replay records (SQLite); survives container restarts, not pod deletion.
+        {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": "2Gi"}},
     ]
 
 

@@ -19,7 +19,6 @@ __all__ = [
     "REPLAY_ID",
     "SELECTED_MODEL",
     "STATUS",
-    "UPSTREAM_HOST",
 ]
 
 INTERNAL_PREFIX = "x-saar-"
@@ -38,5 +37,3 @@ CONTENT_TYPE = "content-type"
 PATH = ":path"
 METHOD = ":method"
 STATUS = ":status"
-UPSTREAM_HOST = "x-envoy-upstream-host"
-"""Not trusted from clients; only read on the response path where Envoy set it."""

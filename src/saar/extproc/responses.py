@@ -93,7 +93,7 @@ def client_error(status: int, body: bytes, details: str) -> ep.ProcessingRespons
     """Answer the client directly with an API-style JSON error; nothing goes upstream."""
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=ep.HeaderMutation(set_headers=[_header(h.CONTENT_TYPE, "application/json")]),
             body=body,
             details=details,

@@ -26,15 +26,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from saar import __version__
 from saar.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from saar.api.replay.v1 import replay_pb2_grpc
 from saar.extproc.stream import ExtProcStream
 from saar.observability.metrics import Metrics
+from saar.replay.admin import ReplayService
+from saar.replay.store import ReplayStore
 from saar.router import Router
 
 __all__ = ["AdminService", "ExtProcServer", "ExternalProcessor"]
 
 # Agent bodies reach several MB; gRPC's default 4 MB limit would fail them before saar sees them.
 _MAX_MESSAGE = 64 * 1024 * 1024
-_SERVICE_NAMES = ("", "envoy.service.ext_proc.v3.ExternalProcessor", "saar.api.admin.v1.Admin")
+_SERVICE_NAMES = (
+    "",
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "saar.api.admin.v1.Admin",
+    "saar.api.replay.v1.Replay",
+)
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -56,6 +64,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     return
                 await context.write(await stream.on_message(message))
         finally:
+            stream.close()
             inflight.dec()
 
 
@@ -108,7 +117,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 class ExtProcServer:
     """Owns the grpc.aio server and its lifecycle."""
 
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(
+        self, router: Router, metrics: Metrics, *, replay_store: ReplayStore | None = None
+    ) -> None:
         self._router = router
         self._metrics = metrics
         self._server = grpc.aio.server(
@@ -124,6 +135,10 @@ class ExtProcServer:
         )
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(router), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if replay_store is not None:
+            replay_pb2_grpc.add_ReplayServicer_to_server(
+                ReplayService(replay_store, config=lambda: router.settings.policy), self._server
+            )
         self.addresses: list[str] = []
 
     def bind_unix(self, path: str) -> str:

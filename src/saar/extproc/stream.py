@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -33,6 +34,7 @@ from saar.extproc import responses
 from saar.policy.facts import Api, RequestFacts
 from saar.state import StoreError, TransactionConflictError
 from saar.wire import ClientError, api_for_path, error_body, parse_request
+from saar.wire.response import ResponseObserver, needs_body
 
 if TYPE_CHECKING:
     from saar.observability.metrics import Metrics
@@ -56,7 +58,9 @@ class ExtProcStream:
         "_facts",
         "_headers",
         "_metrics",
+        "_observer",
         "_router",
+        "_served_by",
         "_settings",
         "_stage",
     )
@@ -70,6 +74,8 @@ class ExtProcStream:
         self._api: Api | None = None
         self._decision: Decision | None = None
         self._facts: RequestFacts | None = None
+        self._observer: ResponseObserver | None = None
+        self._served_by: str | None = None
         self._stage = "request_headers"
 
     async def on_message(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
@@ -84,7 +90,7 @@ class ExtProcStream:
             elif kind == "response_headers":
                 reply = self._on_response_headers(message)
             elif kind == "response_body":
-                reply = responses.continue_response_body()
+                reply = self._on_response_body(message)
             else:
                 reply = _continue_for(kind)
         except Exception as exc:  # fail open: this request continues unmodified
@@ -158,21 +164,78 @@ class ExtProcStream:
     def _on_response_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
         decision = self._decision
         facts = self._facts
-        self._stage = "done"
-        if decision is None or facts is None:
+        if self._stage != "response_headers" or decision is None or facts is None:
+            self._stage = "done"
             return responses.continue_response_headers()
+        self._stage = "done"
         status = 0
-        served_by: str | None = None
+        content_type = ""
         for entry in message.response_headers.headers.headers:
             if entry.key == h.STATUS:
                 value = (
                     entry.raw_value.decode("ascii", "replace") if entry.raw_value else entry.value
                 )
                 status = int(value) if value.isdigit() else 0
-            elif entry.key == h.UPSTREAM_HOST:
-                served_by = entry.raw_value.decode("ascii", "replace") or entry.value
+            elif entry.key == h.CONTENT_TYPE:
+                content_type = entry.raw_value.decode("latin-1") if entry.raw_value else entry.value
+        served_by = _upstream_address(message)
+        headers = self._router.response_headers(decision)
+        end_of_stream = message.response_headers.end_of_stream
+        if not end_of_stream and needs_body(
+            facts.api,
+            stream=facts.stream,
+            has_tools=facts.has_tools,
+            status=status,
+            content_type=content_type,
+        ):
+            # Learn tool calls, response ids and usage from the body: Envoy streams it to us
+            # chunk by chunk and every chunk is answered unmodified at once.
+            self._observer = ResponseObserver(
+                facts.api, request_id=decision.replay_id, status=status, streaming=facts.stream
+            )
+            self._served_by = served_by
+            self._stage = "response_body"
+            return responses.response_headers(headers, inspect_body=True)
         self._router.observe_response(decision, facts, status=status, served_by=served_by)
-        return responses.response_headers(self._router.response_headers(decision))
+        return responses.response_headers(headers)
+
+    def _on_response_body(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+        observer = self._observer
+        if self._stage == "response_body" and observer is not None:
+            body = message.response_body
+            observer.feed(body.body)
+            if body.end_of_stream:
+                self._finish_body(complete=True)
+        return responses.continue_response_body()
+
+    def close(self) -> None:
+        """The stream ended: a body still being observed was cut short (client or upstream)."""
+        if self._stage == "response_body":
+            self._finish_body(complete=False)
+
+    def _finish_body(self, *, complete: bool) -> None:
+        observer = self._observer
+        decision = self._decision
+        self._stage = "done"
+        self._observer = None
+        if observer is None or decision is None:
+            return
+        learned = replace(
+            observer.finish(complete=complete),
+            served_by=self._served_by,
+            physical=decision.target.key,
+        )
+        self._router.learn(decision, learned)
+
+
+def _upstream_address(message: ep.ProcessingRequest) -> str | None:
+    """The replica that served the response (Envoy's ``upstream.address`` attribute)."""
+    for struct in message.attributes.values():
+        value = struct.fields.get("upstream.address")
+        if value is not None and value.string_value:
+            address: str = value.string_value
+            return address
+    return None
 
 
 def _continue_for(kind: str | None) -> ep.ProcessingResponse:

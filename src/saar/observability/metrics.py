@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["MetricInfo", "Metrics"]
 
@@ -156,6 +157,28 @@ class Metrics:
             "ext_proc streams currently open.",
             registry=r,
         )
+        self.replay_queue_depth = Gauge(
+            "saar_replay_queue_depth",
+            "Replay records waiting for the writer thread.",
+            registry=r,
+        )
+        self.replay_dropped = Counter(
+            "saar_replay_dropped_total",
+            "Replay records dropped instead of slowing a request, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.replay_written = Counter(
+            "saar_replay_written_total",
+            "Replay records and updates written to the replay store.",
+            registry=r,
+        )
+        self.replay_batch_seconds = Histogram(
+            "saar_replay_batch_seconds",
+            "Time the replay writer spent on one batch (off the hot path).",
+            buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
         self.background_errors = Counter(
             "saar_background_errors_total",
             "Errors in off-the-hot-path work (response learning, replay), by task.",
@@ -166,8 +189,11 @@ class Metrics:
     def describe(self) -> list[MetricInfo]:
         """Every series family this registry exports, sorted by name (for the docs)."""
         infos: list[MetricInfo] = []
-        for collector in list(self.registry._collector_to_names):
+        for collector in vars(self).values():
+            if not isinstance(collector, MetricWrapperBase):
+                continue
             for family in collector.describe():
+                # prometheus_client exposes no public accessor for a family's label names.
                 labels: tuple[str, ...] = tuple(getattr(collector, "_labelnames", ()))
                 name = family.name
                 suffix = "_total" if family.type == "counter" else ""

@@ -437,10 +437,12 @@ def _remember(
     now: float,
 ) -> SessionState:
     open_calls = mem.open_calls
+    answering: tuple[str, ...] = ()
     if open_calls:
         if facts.in_tool_loop:
-            answered = set(facts.tool_result_ids)
-            open_calls = tuple(pair for pair in open_calls if pair[0] not in answered)
+            # Closed when this request's response succeeds (apply_response), not now: a 5xx
+            # retry of the same tool results must still find who issued the calls.
+            answering = facts.tool_result_ids
         else:
             # A plain user turn closes the exchange: nothing can still be waiting for a result.
             open_calls = ()
@@ -464,6 +466,7 @@ def _remember(
         evidence_at=mem.evidence_at,
         hit_ratio=mem.hit_ratio,
         open_calls=open_calls,
+        answering=answering,
         response_ids=mem.response_ids,
         replay_id=facts.request_id,
         failures=mem.failures,
@@ -528,6 +531,11 @@ def apply_response(
             switch_times = (*switch_times, now)[-MAX_SWITCH_TIMES:]
         failures = tuple(pair for pair in failures if pair[0] != served)
         open_calls = state.open_calls
+        answering = state.answering
+        if mine and answering:
+            closed = set(answering)
+            open_calls = tuple(pair for pair in open_calls if pair[0] not in closed)
+            answering = ()
         if response.tool_call_ids:
             open_calls = (*open_calls, *((cid, served) for cid in response.tool_call_ids))[
                 -MAX_OPEN_CALLS:
@@ -545,6 +553,7 @@ def apply_response(
             switch_times=switch_times,
             last_seen=now,
             open_calls=open_calls,
+            answering=answering,
             response_ids=response_ids,
             failures=failures,
         )

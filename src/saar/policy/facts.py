@@ -12,6 +12,7 @@ so a fact can be used as a store key or a log field as is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -83,6 +84,21 @@ class BackendPin:
     """``model@pool`` of the backend that minted the state."""
     affinity_key: str
     """The affinity key it was served with, so the consistent hash lands on the same replica."""
+
+    def encode(self) -> bytes:
+        """Compact, versioned bytes for the response index in the session store."""
+        return json.dumps([1, self.physical, self.affinity_key], separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BackendPin | None:
+        """The pin stored by ``encode``, or ``None`` for anything else (never raises)."""
+        try:
+            version, physical, affinity_key = json.loads(data)
+        except (ValueError, TypeError):
+            return None
+        if version != 1 or not isinstance(physical, str) or not isinstance(affinity_key, str):
+            return None
+        return cls(physical, affinity_key)
 
 
 def _no_headers() -> Mapping[str, str]:

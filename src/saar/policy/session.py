@@ -81,6 +81,9 @@ class SessionState:
     over reusable tokens, learned on warm turns only; ``None`` until observed)."""
     open_calls: tuple[tuple[str, str], ...] = ()
     """``(call id, model@pool that issued it)`` for tool calls not answered yet."""
+    answering: tuple[str, ...] = ()
+    """Call ids the pending request answers: closed only when its response succeeds, so a
+    retried tool-result turn (after a 5xx) still knows who issued the calls."""
     response_ids: tuple[str, ...] = ()
     """Response ids minted in this session, newest last (at most ``MAX_RESPONSE_IDS``)."""
     replay_id: str = ""
@@ -130,6 +133,7 @@ class SessionState:
         _put(out, "ea", self.evidence_at, 0.0)
         _put(out, "hr", self.hit_ratio, None)
         _put(out, "oc", [list(pair) for pair in self.open_calls], [])
+        _put(out, "aw", list(self.answering), [])
         _put(out, "ri", list(self.response_ids), [])
         _put(out, "rp", self.replay_id, "")
         _put(out, "fl", [list(pair) for pair in self.failures], [])
@@ -175,6 +179,7 @@ class SessionState:
                 open_calls=tuple((_str(a), _str(b)) for a, b in raw.get("oc", ()))[
                     -MAX_OPEN_CALLS:
                 ],
+                answering=tuple(_str(c) for c in raw.get("aw", ()))[-MAX_OPEN_CALLS:],
                 response_ids=tuple(_str(r) for r in raw.get("ri", ()))[-MAX_RESPONSE_IDS:],
                 replay_id=_str(raw.get("rp", "")),
                 failures=tuple((_str(a), _int(b)) for a, b in raw.get("fl", ()))[

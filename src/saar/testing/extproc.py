@@ -170,8 +170,11 @@ class ExtProcHarness:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.store = store or build_store(settings.state)
-        kwargs = {} if clock is None else {"clock": clock}
-        self.router = Router(settings, self.store, self.metrics, **kwargs)
+        self.router = (
+            Router(settings, self.store, self.metrics)
+            if clock is None
+            else Router(settings, self.store, self.metrics, clock=clock)
+        )
         self._tmp = tempfile.TemporaryDirectory(prefix="saar-harness-")
         self.socket = str(Path(self._tmp.name) / "saar.sock")
         self._server = ExtProcServer(self.router, self.metrics)

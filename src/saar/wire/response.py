@@ -15,33 +15,33 @@ SSE), so a server that ignores ``stream`` is still read right; ``streaming`` is 
 recorded for callers. JSON bodies are kept (at most ``max_buffer_bytes``) and decoded once at
 ``finish``; SSE goes through ``saar.wire.sse`` and each event is handled as it completes.
 
-Cost: events that cannot change the facts are skipped before any JSON decoding:
+Cost (measured, see ``ResponseObserver``): ~2 µs per chunk, most of it SSE framing.
 
-* Responses and Anthropic Messages: by the ``event:`` name (text and argument deltas, pings,
-  ``content_part``/``content_block_stop`` ... are never decoded); events without a name fall
-  back to decoding their ``type``.
+* Responses and Anthropic Messages: events are picked by their ``event:`` name before any
+  decoding (text and argument deltas, pings, ``content_part``/``content_block_stop`` ... are
+  never decoded); events without a name fall back to decoding their ``type``. Of the
+  ``response.created``/``in_progress`` echoes (which repeat instructions and tools) only the
+  first is decoded, for the id.
 * Chat Completions: every chunk is decoded, into a Struct that has no ``content`` field, so
   the generated text is skipped in C and never materialised. Measured on a 220-byte vLLM
   chunk: the typed decode costs ~0.45 µs, while the byte-search gate that would let us skip
   it (``"tool_calls"``, non-null ``"usage"``/``"finish_reason"``, ``"error"``, as one regex)
   costs ~0.95 µs: the gate is dearer than the decode it saves, and less exact.
 
-Decoding uses typed Structs (``saar.wire.json``) that skip unknown fields in C.
+What is read, per API (ecosystem.md §4.4):
 
-Per API (ecosystem.md §4.4):
-
-============  ===========================  ===========================  =====================
-API           tool call ids                finish_reason                terminal event
-============  ===========================  ===========================  =====================
-chat          ``message.tool_calls[].id``  ``finish_reason`` (choice    ``[DONE]``, or finish
-              / ``delta.tool_calls[]``     0 first)                     reason + usage chunk
-              (first id per index)
-responses     ``*_call`` output items'     ``status``; the              ``response.completed``
-              ``call_id``                  ``incomplete_details.reason``/``failed``/
-                                           when incomplete              ``incomplete``/``error``
-messages      ``tool_use`` block ids       ``stop_reason``              ``message_stop`` /
-                                                                        ``error``
-============  ===========================  ===========================  =====================
+* Chat: tool call ids from ``message.tool_calls[].id`` or streamed
+  ``delta.tool_calls[{index, id}]`` (the first id per choice and index);
+  ``finish_reason`` of choice 0 (else the first seen); terminal: ``[DONE]``, or a
+  finish reason together with a usage chunk.
+* Responses: ``call_id`` of ``*_call`` output items (``function_call``, ``custom_tool_call``
+  ...: the same rule as the request side's results) from ``response.output_item.added``/
+  ``done`` or the final output; ``finish_reason`` = ``status``, or
+  ``incomplete_details.reason`` when incomplete; terminal: ``response.completed``/
+  ``failed``/``incomplete`` or ``error``.
+* Messages: ``tool_use`` block ids (``server_tool_use`` runs at the provider and is no
+  tool loop); ``finish_reason`` = ``stop_reason``; terminal: ``message_stop`` or ``error``.
+* Any API: an error object in a 2xx body or stream gives ``finish_reason`` ``"error"``.
 
 Usage: Chat ``prompt_tokens``, ``prompt_tokens_details.cached_tokens``,
 ``completion_tokens`` (last usage seen); Responses ``input_tokens``,
@@ -253,6 +253,21 @@ class ResponseObserver:
     same object on later calls). A response whose body is never fed (including a 2xx with an
     empty body) finishes incomplete: a caller that chose not to observe the body
     (``needs_body`` is False) builds ``ResponseFacts(request_id, status)`` itself.
+    ``served_by`` and ``physical`` are the adapter's to add (``dataclasses.replace``).
+
+    Use from the ext_proc stream::
+
+        if needs_body(api, stream=..., has_tools=..., status=status, content_type=ctype):
+            observer = ResponseObserver(api, request_id=rid, status=status,
+                                        streaming=ctype.startswith("text/event-stream"))
+        observer.feed(chunk)                   # each body chunk, then pass it on unmodified
+        facts = observer.finish()              # end_of_stream
+        facts = observer.finish(complete=False)  # client abort, upstream reset
+
+    Cost (CPython 3.11 on a shared 2-core box, vLLM-shaped 220-byte chat chunks): ~2.1 µs
+    per chunk at one event per chunk, i.e. ~2.1 ms per 1,000-chunk stream; ~1.5 µs per event
+    (~60 µs per chunk) when Envoy coalesces 40 events per chunk; ~2.3 µs per event for
+    Responses and Messages streams.
     """
 
     __slots__ = (

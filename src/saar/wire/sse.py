@@ -98,10 +98,28 @@ class SseFramer:
             self._partial_size = 0
         if chunk[end] == _CR:
             self._cr = True
+        limit = self._max
         for line in head.splitlines():
-            self._line(line, out)
-            if self.overflowed:
-                return out
+            # Hot path inlined (one blank and one data line per event in LLM streams): a
+            # method call per line costs as much as the rest of the framing.
+            if not line:
+                data = self._data
+                if data:
+                    event = data[0] if len(data) == 1 else b"\n".join(data)
+                    out.append(SseEvent(self._event, event))
+                    self._data = []
+                self._event = b""
+                self._size = 0
+            elif line.startswith(b"data: "):
+                self._size += len(line) - 5
+                if self._size > limit:
+                    self._overflow()
+                    return out
+                self._data.append(line[6:])
+            else:
+                self._line(line, out)
+                if self.overflowed:
+                    return out
         if end + 1 < len(chunk):
             self._hold(chunk[end + 1 :])
         return out

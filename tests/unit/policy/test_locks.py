@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policy_builders import FRONTIER, MEDIUM_H100, MEDIUM_MI300, SMALL, facts, make_config, on_model
 
 from saar.policy import (
@@ -11,7 +13,9 @@ from saar.policy import (
     Pin,
     ProviderState,
     Reason,
+    ResponseFacts,
     SessionAwareKnobs,
+    apply_response,
     decide,
 )
 
@@ -32,7 +36,29 @@ def test_tool_result_returns_to_the_model_that_issued_the_call() -> None:
         decision.target.key,
     )
     assert new_state is not None
-    assert () == new_state.open_calls
+    assert ("call-1",) == new_state.answering
+    config = make_config()
+    ok = apply_response(new_state, ResponseFacts("req-1", 200), config, 1001.0)
+    assert ok is not None
+    assert ((), ()) == (ok.open_calls, ok.answering)
+    failed = apply_response(new_state, ResponseFacts("req-1", 503), config, 1001.0)
+    assert failed is not None
+    assert (("call-1", FRONTIER),) == failed.open_calls
+
+
+def test_tool_result_retried_after_5xx_still_knows_the_owner() -> None:
+    """A tool-result turn that got a 503 is retried on the call's owner, reason tool_loop."""
+    config = make_config()
+    state = on_model(MEDIUM_MI300, open_calls=(("call-1", FRONTIER),))
+    turn = facts("ok", tool_result_ids=("call-1",))
+    _, pending = decide(state, turn, config, 1000.0)
+    failed = apply_response(pending, ResponseFacts("req-1", 503), config, 1001.0)
+    retry, _ = decide(failed, replace(turn, request_id="req-2"), config, 1002.0)
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP, FRONTIER) == (
+        retry.action,
+        retry.reason,
+        retry.target.key,
+    )
 
 
 def test_tool_result_after_idle_gap_still_goes_back() -> None:
@@ -55,6 +81,7 @@ def test_parallel_calls_answered_together_release_the_lock() -> None:
         state, facts("ok", tool_result_ids=("call-a", "call-b")), config, 1000.0
     )
     assert Action.HARD_LOCK == locked.action
+    state2 = apply_response(state2, ResponseFacts("req-1", 200), config, 1000.5)
     assert state2 is not None
     assert () == state2.open_calls
     follow, _ = decide(state2, facts("thanks", request_id="req-2"), config, 1001.0)
@@ -65,8 +92,10 @@ def test_partially_answered_parallel_calls_stay_open() -> None:
     """Answering one of two calls keeps the other open (and the request locked)."""
     state = on_model(FRONTIER, open_calls=(("call-a", FRONTIER), ("call-b", FRONTIER)))
     request = facts("ok", tool_result_ids=("call-a",), pending_tool_call_ids=("call-b",))
-    decision, new_state = decide(state, request, make_config(), 1000.0)
+    config = make_config()
+    decision, new_state = decide(state, request, config, 1000.0)
     assert Action.HARD_LOCK == decision.action
+    new_state = apply_response(new_state, ResponseFacts("req-1", 200), config, 1000.5)
     assert new_state is not None
     assert (("call-b", FRONTIER),) == new_state.open_calls
 

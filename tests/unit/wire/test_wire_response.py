@@ -477,6 +477,17 @@ def test_chat_repeated_ids_per_index_are_counted_once() -> None:
     assert ("call_A",) == observe(Api.CHAT, [body]).tool_call_ids
 
 
+def test_chat_first_id_per_index_wins() -> None:
+    """A server minting a fresh id on every delta of one call still yields its first id."""
+    deltas = [{"tool_calls": [{"index": 0, "id": f"call_{n}"}]} for n in range(3)]
+    body = sse(
+        *((None, openai_chunk(d)) for d in deltas),
+        (None, openai_chunk({}, "tool_calls")),
+        (None, "[DONE]"),
+    )
+    assert ("call_0",) == observe(Api.CHAT, [body]).tool_call_ids
+
+
 def test_chat_parallel_calls_in_one_delta() -> None:
     """Two calls announced in a single delta (one chunk, two indexes) both count."""
     delta = {"tool_calls": [{"index": 0, "id": "c0"}, {"index": 1, "id": "c1"}]}

@@ -64,6 +64,12 @@ def test_crlf_split_between_chunks_is_one_line_end() -> None:
     )
 
 
+def test_crlf_split_inside_an_event_keeps_its_name_and_lines() -> None:
+    """A CRLF cut after `event:` or between data lines must not end the event early."""
+    got = frame(b"event: a\r", b"\ndata: 1\r", b"\ndata: 2\r\n\r\n")
+    assert [SseEvent(b"a", b"1\n2")] == got
+
+
 def test_close_dispatches_finished_lines_and_drops_a_cut_line() -> None:
     """At EOF an event whose lines ended is dispatched; a line cut mid-way is dropped."""
     assert [SseEvent(b"", b"[DONE]")] == frame(b"data: [DONE]\n")

@@ -1,0 +1,641 @@
+"""Hot-path benchmark: what saar adds to Envoy, measured against Envoy alone in the same run.
+
+Theory of operation (method of /work/shared/reference/perf-spike.md):
+
+* Two Envoys run side by side from ``envoy/local.yaml``: one as shipped (ext_proc → saar), one
+  with the ext_proc filter removed (its default route goes to a fixed pool). Every pool cluster
+  points at one trivial upstream (``saar.bench.upstream``), so neither the emulator nor the
+  upstream limits anything.
+* A Python open-loop load generator (one asyncio loop, HTTP/1.1 keep-alive connections) sends
+  agent chat bodies of ~20 KB and ~500 KB from 256 sessions at a fixed rate; latency is measured
+  from each request's *scheduled* start (no coordinated omission). Saturation is closed-loop
+  with a fixed number of connections.
+* Configurations are interleaved round by round (plain, saar / saar, plain ...) and every
+  figure is the median over rounds; "added" is saar minus plain of the same round.
+* CPU per request: ``utime + stime`` from ``/proc/<pid>/stat`` of the saar process (all of its
+  threads) and of each Envoy, divided by the requests of that step.
+* In-process: pure ``policy.decide`` decisions/s on matrix sessions, and ``cProfile`` of
+  ``ExtProcStream.on_message`` (no gRPC) to show where saar's own time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from saar.bench.live import repo_root
+from saar.bench.matrix import _facts, _machine
+from saar.stack import ChildProcess, LocalStack, StackPorts, free_port
+
+__all__ = ["HotpathOptions", "agent_body", "main_hotpath", "run_hotpath"]
+
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+_SESSIONS: Final = 256
+
+
+@dataclass(frozen=True)
+class HotpathOptions:
+    """Rates, sizes and repetitions."""
+
+    rounds: int = 3
+    seconds: float = 6.0
+    rate_20k: float = 200.0
+    rate_500k: float = 50.0
+    saturation_connections: int = 32
+    warmup_seconds: float = 1.5
+    policy_seconds: float = 2.0
+    profile_requests: int = 2000
+
+    @classmethod
+    def small(cls) -> HotpathOptions:
+        """CI size: one short round at a low rate."""
+        return cls(
+            rounds=1,
+            seconds=1.0,
+            rate_20k=50.0,
+            rate_500k=10.0,
+            saturation_connections=8,
+            warmup_seconds=0.3,
+            policy_seconds=0.3,
+            profile_requests=100,
+        )
+
+
+# --- bodies and load -------------------------------------------------------------------------
+
+
+def agent_body(target_bytes: int, session: int) -> bytes:
+    """A chat-completions agent body of about ``target_bytes``: history, tool call and result."""
+    chunk = "def handler(event):\n    return process(event['records'])  # line of code\n"
+    tool_output = (chunk * (target_bytes // len(chunk) + 1))[: max(0, target_bytes - 1500)]
+    body = {
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": "You are a coding agent. Use the tools."},
+            {"role": "user", "content": f"refactor the parser of service {session}"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{session}",
+                        "type": "function",
+                        "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"call_{session}", "content": tool_output},
+            {"role": "user", "content": "continue"},
+        ],
+        "max_tokens": 16,
+    }
+    return json.dumps(body).encode()
+
+
+def _requests(size: int, host: str) -> list[bytes]:
+    out = []
+    for s in range(_SESSIONS):
+        body = agent_body(size, s)
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"x-session-id: bench-{s}\r\nx-conversation-id: bench-{s}-c\r\n\r\n"
+        ).encode()
+        out.append(head + body)
+    return out
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        marker = lower.find(b"content-length:")
+        length = int(lower[marker + 15 : lower.find(b"\r\n", marker)].strip()) if marker >= 0 else 0
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+class _Pool:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[_Conn] = []
+        self.all: list[_Conn] = []
+
+    async def get(self) -> _Conn:
+        if self.idle:
+            return self.idle.pop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 22)
+        conn = _Conn(reader, writer)
+        self.all.append(conn)
+        return conn
+
+    def put(self, conn: _Conn) -> None:
+        self.idle.append(conn)
+
+    async def close(self) -> None:
+        for conn in self.all:
+            conn.writer.close()
+            with contextlib.suppress(OSError):
+                await conn.writer.wait_closed()
+        self.all.clear()
+        self.idle.clear()
+
+
+@dataclass
+class _Step:
+    latencies: list[float]
+    errors: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds > 0 else 0.0
+
+
+async def _open_loop(port: int, reqs: list[bytes], rate: float, seconds: float) -> _Step:
+    """Fixed-rate open loop; latency from each request's scheduled start."""
+    pool = _Pool(port)
+    latencies: list[float] = []
+    errors = 0
+    count = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        conn = await pool.get()
+        try:
+            status = await conn.request(reqs[i % len(reqs)])
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            return
+        pool.put(conn)
+        if status == 200:
+            latencies.append(time.perf_counter() - scheduled)
+        else:
+            errors += 1
+
+    for i in range(count):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    await pool.close()
+    return _Step(latencies, errors, elapsed)
+
+
+async def _closed_loop(port: int, reqs: list[bytes], conns: int, seconds: float) -> _Step:
+    """Saturation: ``conns`` connections, each sending its next request on every answer."""
+    pool = _Pool(port)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        conn = await pool.get()
+        i = w
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                status = await conn.request(reqs[i % len(reqs)])
+            except (OSError, asyncio.IncompleteReadError):
+                errors += 1
+                return
+            i += conns
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(conns)))
+    elapsed = time.perf_counter() - start
+    await pool.close()
+    return _Step(latencies, errors, elapsed)
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(1000.0 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process (all its threads), in seconds."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the ")" of comm, utime and stime are fields 12 and 13 (stat fields 14 and 15).
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+# --- stacks ----------------------------------------------------------------------------------
+
+
+def _templates(root: Path, upstream_port: int, tmp: Path) -> tuple[Path, Path]:
+    """Envoy bootstraps: as shipped, and without ext_proc; every pool → the upstream."""
+    raw: dict[str, Any] = yaml.safe_load((root / "envoy" / "local.yaml").read_text())
+    for cluster in raw["static_resources"]["clusters"]:
+        if cluster["name"] == "saar":
+            continue
+        cluster["load_assignment"]["endpoints"] = [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {
+                                    "address": "127.0.0.1",
+                                    "port_value": upstream_port,
+                                }
+                            }
+                        }
+                    }
+                ]
+            }
+        ]
+    with_saar = tmp / "envoy-saar.yaml"
+    with_saar.write_text(yaml.safe_dump(raw, sort_keys=False))
+    plain = yaml.safe_load(yaml.safe_dump(raw))
+    for listener in plain["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                hcm = flt["typed_config"]
+                hcm["http_filters"] = [
+                    f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
+                ]
+    without = tmp / "envoy-plain.yaml"
+    without.write_text(yaml.safe_dump(plain, sort_keys=False))
+    return with_saar, without
+
+
+def _pid(stack: LocalStack, name: str) -> int | None:
+    child = stack.children.get(name)
+    return child.process.pid if child is not None and child.process is not None else None
+
+
+async def _measure(
+    stacks: dict[str, LocalStack], opts: HotpathOptions
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    reqs = {
+        "20k": _requests(20_000, "bench"),
+        "500k": _requests(500_000, "bench"),
+    }
+    sizes: dict[str, Any] = {k: len(v[0]) for k, v in reqs.items()}
+    rounds: list[dict[str, Any]] = []
+    for stack in stacks.values():  # warm both: connections, saar sessions, caches
+        await _open_loop(stack.ports.listen, reqs["20k"], 100.0, opts.warmup_seconds)
+    # saar's CPU with no traffic at all: background work that a per-request figure would hide.
+    pid = _pid(stacks["saar"], "saar")
+    idle_before, idle_t0 = _cpu_seconds(pid), time.perf_counter()
+    await asyncio.sleep(opts.warmup_seconds)
+    idle_cpu = (_cpu_seconds(pid) - idle_before) / (time.perf_counter() - idle_t0)
+    for r in range(opts.rounds):
+        order = list(stacks) if r % 2 == 0 else list(reversed(stacks))
+        row: dict[str, Any] = {"round": r}
+        steps = [
+            ("20k", "rate", opts.rate_20k),
+            ("500k", "rate", opts.rate_500k),
+            ("20k", "sat", float(opts.saturation_connections)),
+        ]
+        for size, mode, level in steps:
+            for name in order:
+                stack = stacks[name]
+                pids = {"saar": _pid(stack, "saar"), "envoy": _pid(stack, "envoy")}
+                before = {k: _cpu_seconds(p) for k, p in pids.items()}
+                if mode == "rate":
+                    step = await _open_loop(stack.ports.listen, reqs[size], level, opts.seconds)
+                else:
+                    step = await _closed_loop(
+                        stack.ports.listen, reqs[size], int(level), opts.seconds
+                    )
+                after = {k: _cpu_seconds(p) for k, p in pids.items()}
+                done = max(1, len(step.latencies))
+                row[f"{name}/{size}/{mode}"] = {
+                    **_pct(step.latencies),
+                    "throughput": round(step.throughput, 1),
+                    "requests": len(step.latencies),
+                    "errors": step.errors,
+                    "cpu_us_per_request": {
+                        k: round(1e6 * (after[k] - before[k]) / done, 1)
+                        for k in pids
+                        if pids[k] is not None
+                    },
+                }
+        rounds.append(row)
+    sizes["saar_idle_cpu_percent"] = round(100.0 * idle_cpu, 2)
+    return rounds, sizes
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys = [k for k in rounds[0] if k != "round"]
+    for key in keys:
+        metrics = {
+            m: statistics.median(r[key][m] for r in rounds)
+            for m in ("p50", "p95", "p99", "throughput")
+        }
+        cpu: dict[str, float] = {}
+        for proc in rounds[0][key]["cpu_us_per_request"]:
+            cpu[proc] = statistics.median(r[key]["cpu_us_per_request"][proc] for r in rounds)
+        out[key] = {
+            **metrics,
+            "cpu_us_per_request": cpu,
+            "errors": sum(r[key]["errors"] for r in rounds),
+        }
+    for size, mode in (("20k", "rate"), ("500k", "rate"), ("20k", "sat")):
+        saar, plain = f"saar/{size}/{mode}", f"plain/{size}/{mode}"
+        if saar not in out or plain not in out:
+            continue
+        added = {
+            m: round(statistics.median(r[saar][m] - r[plain][m] for r in rounds), 3)
+            for m in ("p50", "p95", "p99")
+        }
+        ratio = {
+            m: round(out[saar][m] / out[plain][m], 2) if out[plain][m] else 0.0
+            for m in ("p50", "p95", "p99", "throughput")
+        }
+        out[f"added/{size}/{mode}"] = {**added, "ratio_saar_over_plain": ratio}
+    return out
+
+
+# --- in-process ------------------------------------------------------------------------------
+
+
+def policy_rate(seconds: float) -> dict[str, Any]:
+    """Pure ``decide`` (and ``decide`` + ``apply_response``) calls per second, one core."""
+    from saar.bench.configs import matrix_policy  # noqa: PLC0415 - only this function
+    from saar.bench.workloads import WORKLOADS, generate_sessions  # noqa: PLC0415
+    from saar.policy import ResponseFacts, apply_response, decide  # noqa: PLC0415
+
+    config = matrix_policy()
+    sessions = generate_sessions(WORKLOADS[0], 1, 40, 18)
+    work = [(s, t, _facts(s, t, None)) for s in sessions for t in s.turns]
+    results: dict[str, Any] = {}
+    for label, with_response in (("decide", False), ("decide_and_apply_response", True)):
+        calls = 0
+        states: dict[str, Any] = {}
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            for session, turn, facts in work:
+                decision, state = decide(states.get(session.session_id), facts, config, turn.at)
+                if with_response:
+                    state = apply_response(
+                        state,
+                        ResponseFacts(
+                            decision.replay_id,
+                            200,
+                            tool_call_ids=turn.emits_tool_calls,
+                            prompt_tokens=turn.prompt_tokens,
+                            cached_tokens=turn.prompt_tokens // 2,
+                            completion_tokens=turn.completion_tokens,
+                        ),
+                        config,
+                        turn.at + 1.0,
+                    )
+                states[session.session_id] = state
+                calls += 1
+            states.clear()
+        results[label] = round(calls / (time.perf_counter() - started))
+    return results
+
+
+async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
+    """CProfile ``ExtProcStream.on_message`` over whole requests (no gRPC); write the top."""
+    from saar.extproc.stream import ExtProcStream  # noqa: PLC0415 - optional heavy imports
+    from saar.settings import load_settings  # noqa: PLC0415
+    from saar.testing.extproc import (  # noqa: PLC0415
+        ExtProcHarness,
+        request_body_message,
+        request_headers_message,
+        response_headers_message,
+    )
+
+    settings = load_settings(repo_root() / "config" / "local.yaml")
+    harness = ExtProcHarness(settings)
+    bodies = [agent_body(20_000, s) for s in range(_SESSIONS)]
+    messages = []
+    for s, body in enumerate(bodies):
+        headers = {
+            ":path": "/v1/chat/completions",
+            ":method": "POST",
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            "x-session-id": f"bench-{s}",
+            "x-conversation-id": f"bench-{s}-c",
+        }
+        messages.append(
+            (
+                request_headers_message(headers),
+                request_body_message(body),
+                response_headers_message(200, {"x-emulator-pool": "bench"}),
+            )
+        )
+
+    async def play(n: int) -> None:
+        for i in range(n):
+            stream = ExtProcStream(harness.router, harness.metrics)
+            for message in messages[i % len(messages)]:
+                await stream.on_message(message)
+
+    await play(min(200, requests))  # warm: sessions exist, imports done
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    await play(requests)
+    profiler.disable()
+    per_request_us = 1e6 * (time.perf_counter() - started) / requests
+    # Without the profiler, for the honest per-request figure.
+    started = time.perf_counter()
+    await play(requests)
+    plain_us = 1e6 * (time.perf_counter() - started) / requests
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.strip_dirs().sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(25)
+    header = (
+        f"# cProfile of ExtProcStream.on_message: {requests} requests (request headers, "
+        f"~20 KB body, response headers), in-process, no gRPC\n"
+        f"# {per_request_us:.1f} us/request under the profiler, {plain_us:.1f} us/request "
+        f"without it\n"
+    )
+    await asyncio.to_thread(out.write_text, header + text.getvalue())
+    return {"requests": requests, "us_per_request": round(plain_us, 1), "file": str(out)}
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[str, Any]:
+    """Start the stacks, measure, and return the document (the profile is written too)."""
+    root = repo_root()
+    with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream_port = free_port()
+        upstream = ChildProcess(
+            "upstream",
+            [sys.executable, "-m", "saar.bench.upstream", "--port", str(upstream_port)],
+            tmp / "upstream.log",
+            root,
+        )
+        upstream.start()
+        stacks: dict[str, LocalStack] = {}
+        try:
+            await upstream.wait_for_output("upstream ready", 15.0)
+            with_saar, plain = _templates(root, upstream_port, tmp)
+            stacks["plain"] = LocalStack(
+                config_path=root / "config" / "local.yaml",
+                envoy_template=plain,
+                workdir=tmp / "plain",
+                ports=StackPorts(listen=free_port(), envoy_admin=free_port(), metrics=None),
+                with_emulator=False,
+                with_saar=False,
+            )
+            stacks["saar"] = LocalStack(
+                config_path=root / "config" / "local.yaml",
+                envoy_template=with_saar,
+                workdir=tmp / "saar",
+                ports=StackPorts(listen=free_port(), envoy_admin=free_port(), metrics=free_port()),
+                with_emulator=False,
+                saar_args=("--log-level", "warning"),
+            )
+            for stack in stacks.values():
+                await stack.start()
+            rounds, sizes = await _measure(stacks, opts)
+        finally:
+            for stack in stacks.values():
+                await stack.stop()
+            await upstream.stop()
+    profile = await profile_on_message(opts.profile_requests, out_dir / f"{stem}-profile.txt")
+    summary = _summary(rounds)
+    decisions = policy_rate(opts.policy_seconds)
+    sat = summary.get("saar/20k/sat", {})
+    added = summary.get("added/20k/rate", {})
+    targets = {
+        "added_p50_le_1.5ms": added.get("p50", 99.0) <= 1.5,
+        "added_p95_le_3ms": added.get("p95", 99.0) <= 3.0,
+        "added_p99_le_5ms": added.get("p99", 99.0) <= 5.0,
+        "saturation_ge_1600_rps": sat.get("throughput", 0.0) >= 1600.0,
+        "policy_ge_20000_decisions_per_s": decisions["decide"] >= 20_000,
+    }
+    return {
+        "benchmark": "hot-path",
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": _machine(),
+        "options": opts.__dict__,
+        "body_bytes": sizes,
+        "summary": summary,
+        "rounds": rounds,
+        "policy_decisions_per_s": decisions,
+        "on_message_profile": profile,
+        "targets": targets,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The hot-path result as Markdown."""
+    s = doc["summary"]
+    o = doc["options"]
+    lines = [
+        "# Hot path: Envoy + saar vs Envoy alone (same run, interleaved)",
+        "",
+        f"{doc['date']} · {doc['machine']} · medians of {o['rounds']} rounds x {o['seconds']} s · "
+        f"bodies {doc['body_bytes']['20k']:,} B and {doc['body_bytes']['500k']:,} B · "
+        "open-loop Python load generator on the same cores · saar idle CPU "
+        f"{doc['body_bytes']['saar_idle_cpu_percent']}%",
+        "",
+        "| Step | Envoy alone p50 / p95 / p99 ms | Envoy + saar p50 / p95 / p99 ms | "
+        "Added p50 / p95 / p99 ms | Throughput alone / saar req/s | saar CPU µs/req | "
+        "Envoy CPU µs/req alone / saar |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = {
+        "20k/rate": f"20 KB @ {o['rate_20k']:.0f} req/s",
+        "500k/rate": f"500 KB @ {o['rate_500k']:.0f} req/s",
+        "20k/sat": f"20 KB saturation ({o['saturation_connections']} conns)",
+    }
+    for key, label in labels.items():
+        plain, saar, added = s.get(f"plain/{key}"), s.get(f"saar/{key}"), s.get(f"added/{key}")
+        if plain is None or saar is None or added is None:
+            continue
+        lines.append(
+            f"| {label} | {plain['p50']:.2f} / {plain['p95']:.2f} / {plain['p99']:.2f} | "
+            f"{saar['p50']:.2f} / {saar['p95']:.2f} / {saar['p99']:.2f} | "
+            f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | "
+            f"{plain['throughput']:,.0f} / {saar['throughput']:,.0f} | "
+            f"{saar['cpu_us_per_request'].get('saar', 0):,.0f} | "
+            f"{plain['cpu_us_per_request'].get('envoy', 0):,.0f} / "
+            f"{saar['cpu_us_per_request'].get('envoy', 0):,.0f} |"
+        )
+    d = doc["policy_decisions_per_s"]
+    p = doc["on_message_profile"]
+    lines += [
+        "",
+        f"Pure policy: **{d['decide']:,} decide/s**, {d['decide_and_apply_response']:,} "
+        "decide + apply_response/s (one core, in-process).",
+        f"saar's own code per request (ExtProcStream.on_message, no gRPC, 20 KB body): "
+        f"**{p['us_per_request']} µs**; profile in `{Path(p['file']).name}`.",
+        "",
+        "Targets (20 KB @ rate; saturation; policy):",
+        "",
+    ]
+    for name, ok in doc["targets"].items():
+        lines.append(f"- {'✅' if ok else '❌'} {name}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main_hotpath(small: bool, out_dir: Path, stem: str | None = None) -> dict[str, Any]:
+    """Run the hot-path benchmark (``small`` for CI) and write its JSON, Markdown and profile."""
+    opts = HotpathOptions.small() if small else HotpathOptions()
+    stem = stem or ("hotpath-small" if small else "hotpath")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import uvloop  # noqa: PLC0415 - the load generator is cheaper on uvloop
+    except ImportError:  # pragma: no cover
+        doc = asyncio.run(run_hotpath(opts, out_dir, stem))
+    else:
+        doc = uvloop.run(run_hotpath(opts, out_dir, stem))
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(doc))
+    doc["files"] = [
+        str(out_dir / f"{stem}.json"),
+        str(out_dir / f"{stem}.md"),
+        doc["on_message_profile"]["file"],
+    ]
+    return doc

@@ -1,0 +1,49 @@
+"""Live sessions and the hot path, small: real Envoy + saar (+ emulator) processes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from saar.bench.command import register
+from saar.bench.hotpath import main_hotpath
+from saar.bench.live import LiveOptions, run_live
+
+pytestmark = pytest.mark.dataplane
+
+
+async def test_live_small_keeps_continuity_and_recovers() -> None:
+    """No continuity violation with saar, every faulted session recovers, the checker can fire."""
+    doc = await run_live(LiveOptions.small())
+    summary = doc["summary"]
+    assert 0 == summary["violations"]
+    assert summary["affected_sessions"] > 0
+    assert summary["affected_sessions"] == summary["recovered_sessions"]
+    assert summary["control_violations_without_saar"] > 0
+    clean = doc["passes"][0]
+    assert clean["continuity"]["tool_results_checked"] > 0
+    assert clean["continuity"]["continuations_checked"] > 0
+
+
+@pytest.mark.timeout(90)
+def test_hotpath_small_writes_ratios(tmp_path: Path) -> None:
+    """Both stacks answer, added latency and ratios are computed, files are written."""
+    doc = main_hotpath(True, tmp_path)
+    summary = doc["summary"]
+    for key in ("plain/20k/rate", "saar/20k/rate", "saar/20k/sat"):
+        assert summary[key]["throughput"] > 0
+        assert 0 == summary[key]["errors"]
+    assert summary["added/20k/rate"]["ratio_saar_over_plain"]["p50"] > 0
+    assert doc["policy_decisions_per_s"]["decide"] > 0
+    for name in ("hotpath-small.json", "hotpath-small.md", "hotpath-small-profile.txt"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_bench_subcommand_registers() -> None:
+    """`register` adds `bench matrix|live|hotpath [--small]` to a saar subparsers object."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "matrix", "--small"])
+    assert ("matrix", True) == (args.which, args.small)
