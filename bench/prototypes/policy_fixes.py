@@ -74,7 +74,7 @@ def run(small: bool) -> dict[str, Any]:
         engine._decision_for = _carryover if a else _ORIGINAL_DECISION_FOR
         engine.evaluate = _no_drift_continuity if b else _ORIGINAL_EVALUATE  # type: ignore[assignment]
         doc = matrix.run_matrix(options)
-        out[label] = {k: doc["policies"][k] for k in ("single-turn", "saar", "saar-cost-tuned")}
+        out[label] = {k: doc["policies"][k] for k in ("single-turn", "saar")}
     engine._decision_for = _ORIGINAL_DECISION_FOR
     engine.evaluate = _ORIGINAL_EVALUATE
     return out

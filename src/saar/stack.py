@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ __all__ = [
     "ChildProcess",
     "LocalStack",
     "StackPorts",
+    "dies_with_parent",
     "envoy_binary",
     "free_port",
     "render_envoy_config",
@@ -100,11 +100,18 @@ def render_envoy_config(
     return config
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    os.setpgrp()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def dies_with_parent(argv: Sequence[str], signame: str = "TERM") -> list[str]:
+    """``argv`` wrapped so the kernel signals the child when its parent dies.
+
+    util-linux's ``setpriv --pdeathsig`` sets PR_SET_PDEATHSIG in C right before exec. A
+    Python ``preexec_fn`` doing the same is unsafe here: it runs Python in a forked copy of a
+    multi-threaded process (gRPC's threads), which crashed children at start-up. Without
+    ``setpriv`` the child is still stopped by its owner, just not on a hard crash.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return list(argv)
+    return [setpriv, f"--pdeathsig={signame}", "--", *argv]
 
 
 @dataclass
@@ -123,13 +130,14 @@ class ChildProcess:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                list(self.argv),
+                dies_with_parent(self.argv),
                 cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=dict(self.env) if self.env is not None else None,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads started yet here
+                # Its own process group, so stop() can kill the whole tree.
+                process_group=0,
             )
         finally:
             log.close()

