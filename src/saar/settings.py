@@ -84,6 +84,9 @@ class ServerSettings:
     hash_identities_in_logs: bool = True
     drain_seconds: float = 20.0
     """How long a draining saar waits for in-flight streams after SIGTERM."""
+    learn_from_response_bodies: bool = True
+    """Stream 2xx response bodies through saar (never altered) to learn tool calls, response
+    ids and cached tokens; off, saar learns only from statuses and the next request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,7 @@ _SERVER = frozenset(
         "decision_budget_ms",
         "hash_identities_in_logs",
         "drain_seconds",
+        "learn_from_response_bodies",
     }
 )
 _STATE = frozenset(
@@ -482,6 +486,7 @@ def _parse_server(node: _Node, pools: Mapping[str, Pool]) -> ServerSettings:
         ),
         hash_identities_in_logs=node.child("hash_identities_in_logs").boolean(True),
         drain_seconds=node.child("drain_seconds").number(default=20.0, low=0.0, high=3600.0),
+        learn_from_response_bodies=node.child("learn_from_response_bodies").boolean(True),
     )
 
 

@@ -131,6 +131,9 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
         if edit is not None:
             edit(raw)
         index = len(started)
+        # Each stack records its decisions in its own replay file (the default is relative to
+        # the working directory, which would be the repository here).
+        raw.setdefault("replay", {}).setdefault("path", str(tmp_path / f"replay-{index}.sqlite3"))
         config_path = tmp_path / f"saar-{index}.yaml"
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         workdir = tmp_path / f"stack-{index}"

@@ -8,8 +8,11 @@ choosing (globs, Lua-looking text, 1 MB keys) or forge log lines (CR/LF).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from typing import Any
 
@@ -114,8 +117,6 @@ async def test_hostile_ids_through_envoy_stay_out_of_redis_and_saar_logs(
     await stack.local.stop_saar()
     stack.local.saar_args = ["--log-level", "debug"]
     await stack.local.start_saar()
-    import urllib.request
-
     def send(headers: dict[str, str]) -> int:
         request = urllib.request.Request(
             f"{stack.base_url}/v1/chat/completions",
@@ -130,14 +131,18 @@ async def test_hostile_ids_through_envoy_stay_out_of_redis_and_saar_logs(
             return int(err.code)
 
     through = {k: v for k, v in HOSTILE.items() if k in {"traversal", "star", "glob", "lua", "percent", "backslash"}}
-    through["long"] = "A" * 30_000
+    through["long"] = "A" * 7_000  # aiohttp (the emulated backend) caps a header at 8 KiB
     for value in through.values():
         status = await asyncio.to_thread(
             send, {"x-session-id": value, "x-conversation-id": value}
         )
-        assert 200 == status
-    # Envoy itself answers a 1 MiB header with 431 and never calls saar.
-    assert 431 == await asyncio.to_thread(send, {"x-session-id": HOSTILE["huge"]})
+        assert 200 == status, value[:40]
+    # Envoy itself refuses a 1 MiB header (431, or a reset while it is still being sent).
+    try:
+        refused = await asyncio.to_thread(send, {"x-session-id": HOSTILE["huge"]})
+    except (ConnectionError, http.client.HTTPException):
+        refused = 431
+    assert 431 == refused
     await asyncio.sleep(0.3)
     for key in await redis_keys(redis_server.url):
         assert KEY_SHAPE.match(key), key[:120]

@@ -190,12 +190,16 @@ class ExtProcStream:
         served_by = _upstream_address(message)
         headers = self._router.response_headers(decision)
         end_of_stream = message.response_headers.end_of_stream
-        if not end_of_stream and needs_body(
-            facts.api,
-            stream=facts.stream,
-            has_tools=facts.has_tools,
-            status=status,
-            content_type=content_type,
+        if (
+            not end_of_stream
+            and self._settings.server.learn_from_response_bodies
+            and needs_body(
+                facts.api,
+                stream=facts.stream,
+                has_tools=facts.has_tools,
+                status=status,
+                content_type=content_type,
+            )
         ):
             # Learn tool calls, response ids and usage from the body: Envoy streams it to us
             # chunk by chunk and every chunk is answered unmodified at once.
