@@ -172,9 +172,11 @@ async def run(feature: str, rounds: int, small: bool) -> dict[str, Any]:
                         latencies: dict[str, list[float]] = {"on": [], "off": []}
                         tasks: list[asyncio.Task[None]] = []
 
-                        async def one(side: str, index: int) -> None:
+                        async def one(
+                            side: str, index: int, into: dict[str, list[float]] = latencies
+                        ) -> None:
                             url = f"{sides[side].base_url}/v1/chat/completions"
-                            latencies[side].append(await _plain(session, url, f"{side}-{index}"))
+                            into[side].append(await _plain(session, url, f"{side}-{index}"))
 
                         start = time.perf_counter()
                         for i in range(int(rate * seconds)):

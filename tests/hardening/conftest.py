@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from dataplane.conftest import make_stack, redis_server  # noqa: F401 - re-exported fixtures
+
 from saar.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

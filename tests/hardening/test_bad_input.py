@@ -43,7 +43,13 @@ def nested(depth: int) -> bytes:
 # (id, path, body, status, OpenAI code)
 OPENAI_CASES: list[tuple[str, str, bytes, int, str]] = [
     ("not-json", "/v1/chat/completions", b"hello, router", 400, "invalid_json"),
-    ("truncated", "/v1/chat/completions", b'{"model": "auto", "messages": [{"ro', 400, "invalid_json"),
+    (
+        "truncated",
+        "/v1/chat/completions",
+        b'{"model": "auto", "messages": [{"ro',
+        400,
+        "invalid_json",
+    ),
     ("empty", "/v1/chat/completions", b"", 400, "invalid_json"),
     ("whitespace", "/v1/chat/completions", b" \r\n\t ", 400, "invalid_json"),
     (
@@ -59,9 +65,27 @@ OPENAI_CASES: list[tuple[str, str, bytes, int, str]] = [
     ("array-top-level", "/v1/chat/completions", b"[1, 2, 3]", 400, "invalid_request"),
     ("null-top-level", "/v1/chat/completions", b"null", 400, "invalid_request"),
     ("model-missing", "/v1/chat/completions", b'{"messages": []}', 400, "invalid_request"),
-    ("model-number", "/v1/chat/completions", b'{"model": 7, "messages": []}', 400, "invalid_request"),
-    ("model-blank", "/v1/chat/completions", json.dumps(chat(model=" ")).encode(), 400, "invalid_request"),
-    ("unknown-model", "/v1/chat/completions", json.dumps(chat(model="gpt-9")).encode(), 404, "model_not_found"),
+    (
+        "model-number",
+        "/v1/chat/completions",
+        b'{"model": 7, "messages": []}',
+        400,
+        "invalid_request",
+    ),
+    (
+        "model-blank",
+        "/v1/chat/completions",
+        json.dumps(chat(model=" ")).encode(),
+        400,
+        "invalid_request",
+    ),
+    (
+        "unknown-model",
+        "/v1/chat/completions",
+        json.dumps(chat(model="gpt-9")).encode(),
+        404,
+        "model_not_found",
+    ),
     (
         "unknown-model-60kb-name",
         "/v1/chat/completions",
@@ -69,26 +93,89 @@ OPENAI_CASES: list[tuple[str, str, bytes, int, str]] = [
         404,
         "model_not_found",
     ),
-    ("pool-name-as-model", "/v1/chat/completions", json.dumps(chat(model="pool_h100_frontier")).encode(), 404, "model_not_found"),
-    ("duplicate-model-key", "/v1/chat/completions", b'{"model":"auto","model":"deepseek-r1","messages":[]}', 400, "invalid_request"),
-    ("messages-string", "/v1/chat/completions", b'{"model":"auto","messages":"hi"}', 400, "invalid_request"),
+    (
+        "pool-name-as-model",
+        "/v1/chat/completions",
+        json.dumps(chat(model="pool_h100_frontier")).encode(),
+        404,
+        "model_not_found",
+    ),
+    (
+        "duplicate-model-key",
+        "/v1/chat/completions",
+        b'{"model":"auto","model":"deepseek-r1","messages":[]}',
+        400,
+        "invalid_request",
+    ),
+    (
+        "messages-string",
+        "/v1/chat/completions",
+        b'{"model":"auto","messages":"hi"}',
+        400,
+        "invalid_request",
+    ),
     ("messages-missing", "/v1/chat/completions", b'{"model":"auto"}', 400, "invalid_request"),
-    ("messages-of-numbers", "/v1/chat/completions", b'{"model":"auto","messages":[1,2]}', 400, "invalid_request"),
-    ("role-number", "/v1/chat/completions", b'{"model":"auto","messages":[{"role":5,"content":"x"}]}', 400, "invalid_request"),
-    ("content-number", "/v1/chat/completions", b'{"model":"auto","messages":[{"role":"user","content":5}]}', 400, "invalid_request"),
-    ("tools-object", "/v1/chat/completions", json.dumps(chat(tools={"a": 1})).encode(), 400, "invalid_request"),
+    (
+        "messages-of-numbers",
+        "/v1/chat/completions",
+        b'{"model":"auto","messages":[1,2]}',
+        400,
+        "invalid_request",
+    ),
+    (
+        "role-number",
+        "/v1/chat/completions",
+        b'{"model":"auto","messages":[{"role":5,"content":"x"}]}',
+        400,
+        "invalid_request",
+    ),
+    (
+        "content-number",
+        "/v1/chat/completions",
+        b'{"model":"auto","messages":[{"role":"user","content":5}]}',
+        400,
+        "invalid_request",
+    ),
+    (
+        "tools-object",
+        "/v1/chat/completions",
+        json.dumps(chat(tools={"a": 1})).encode(),
+        400,
+        "invalid_request",
+    ),
     ("over-limit", "/v1/chat/completions", padded(LIMIT + 1), 413, "body_too_large"),
-    ("responses-input-number", "/v1/responses", b'{"model":"auto","input":5}', 400, "invalid_request"),
+    (
+        "responses-input-number",
+        "/v1/responses",
+        b'{"model":"auto","input":5}',
+        400,
+        "invalid_request",
+    ),
     ("responses-not-json", "/v1/responses", b"{]", 400, "invalid_json"),
 ]
 
 # (id, body, status, Anthropic error type)
 ANTHROPIC_CASES: list[tuple[str, bytes, int, str]] = [
     ("not-json", b"<xml/>", 400, "invalid_request_error"),
-    ("messages-string", b'{"model":"auto","max_tokens":1,"messages":"hi"}', 400, "invalid_request_error"),
-    ("content-number", b'{"model":"auto","max_tokens":1,"messages":[{"role":"user","content":1}]}', 400, "invalid_request_error"),
+    (
+        "messages-string",
+        b'{"model":"auto","max_tokens":1,"messages":"hi"}',
+        400,
+        "invalid_request_error",
+    ),
+    (
+        "content-number",
+        b'{"model":"auto","max_tokens":1,"messages":[{"role":"user","content":1}]}',
+        400,
+        "invalid_request_error",
+    ),
     ("unknown-model", b'{"model":"claude-x","max_tokens":1,"messages":[]}', 404, "not_found_error"),
-    ("over-limit", padded(LIMIT + 1).replace(b'"messages"', b'"max_tokens":1,"messages"'), 413, "request_too_large"),
+    (
+        "over-limit",
+        padded(LIMIT + 1).replace(b'"messages"', b'"max_tokens":1,"messages"'),
+        413,
+        "request_too_large",
+    ),
 ]
 
 
@@ -155,7 +242,8 @@ async def test_body_exactly_at_the_limit_is_routed(small: Settings) -> None:
 
 
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/json; charset=latin-1"]
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "", "application/json; charset=latin-1"],
 )
 async def test_content_type_is_not_trusted_the_body_decides(
     settings: Settings, content_type: str
@@ -177,7 +265,9 @@ async def test_empty_post_with_end_of_stream_headers_gets_a_400(settings: Settin
         await stream.close()
         anthropic = saar.open()
         messages = {**headers, ":path": "/v1/messages"}
-        anthropic_reply = await anthropic.send(request_headers_message(messages, end_of_stream=True))
+        anthropic_reply = await anthropic.send(
+            request_headers_message(messages, end_of_stream=True)
+        )
         await anthropic.close()
     assert reply.HasField("immediate_response")
     assert 400 == reply.immediate_response.status.code

@@ -16,7 +16,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-
 from dataplane.conftest import Stack, StackFactory
 
 from .envoy_fakes import RecordingProcessor, serve
@@ -27,7 +26,9 @@ SESSION = {"x-session-id": "guard-s", "x-conversation-id": "guard-c"}
 LIMIT = 256 * 1024
 
 
-def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def post(
+    url: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """POST raw bytes; return status, lower-cased headers and body (errors included)."""
     request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
     try:
@@ -85,7 +86,12 @@ async def test_bad_input_through_envoy_gets_json_errors_and_reaches_no_backend(
     messages = f"{stack.base_url}/v1/messages"
     cases = [
         (chat, b"not json at all", 400, "invalid_json"),
-        (chat, b'{"model":"auto","messages":[{"role":"user","content":"\xff"}]}', 400, "invalid_json"),
+        (
+            chat,
+            b'{"model":"auto","messages":[{"role":"user","content":"\xff"}]}',
+            400,
+            "invalid_json",
+        ),
         (chat, b"", 400, "invalid_json"),
         (chat, b'{"model":"auto","messages":[7]}', 400, "invalid_request"),
         (chat, padded(LIMIT + 1), 413, "body_too_large"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -61,7 +60,15 @@ header_values = st.one_of(
     st.binary(max_size=40),
 )
 paths = st.sampled_from(
-    ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/models", "/", "", "/v1/messages?x"]
+    [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/models",
+        "/",
+        "",
+        "/v1/messages?x",
+    ]
 )
 methods = st.sampled_from(["POST", "GET", "PUT", "", "post"])
 
@@ -70,7 +77,9 @@ methods = st.sampled_from(["POST", "GET", "PUT", "", "post"])
 def header_map(draw: st.DrawFn, *, response: bool) -> base_pb2.HeaderMap:
     entries: list[base_pb2.HeaderValue] = []
     if response:
-        status = draw(st.sampled_from([b"200", b"429", b"500", b"abc", b"", b"99999999999999999999"]))
+        status = draw(
+            st.sampled_from([b"200", b"429", b"500", b"abc", b"", b"99999999999999999999"])
+        )
         entries.append(base_pb2.HeaderValue(key=":status", raw_value=status))
         content_type = draw(
             st.sampled_from([b"application/json", b"text/event-stream", b"", b"\xff\xfe"])
@@ -79,11 +88,25 @@ def header_map(draw: st.DrawFn, *, response: bool) -> base_pb2.HeaderMap:
     else:
         entries.append(base_pb2.HeaderValue(key=":path", raw_value=draw(paths).encode()))
         entries.append(base_pb2.HeaderValue(key=":method", raw_value=draw(methods).encode()))
-        for name in draw(st.lists(st.sampled_from(["x-session-id", "x-conversation-id", "x-claude-code-session-id", "content-type"]), max_size=3)):
+        for name in draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        "x-session-id",
+                        "x-conversation-id",
+                        "x-claude-code-session-id",
+                        "content-type",
+                    ]
+                ),
+                max_size=3,
+            )
+        ):
             entries.append(base_pb2.HeaderValue(key=name, raw_value=draw(header_values)))
         if draw(st.booleans()):
             # Old-style `value` instead of raw_value, as older Envoys send.
-            entries.append(base_pb2.HeaderValue(key="x-session-id", value=draw(st.text(max_size=10))))
+            entries.append(
+                base_pb2.HeaderValue(key="x-session-id", value=draw(st.text(max_size=10)))
+            )
     return base_pb2.HeaderMap(headers=entries)
 
 
@@ -108,14 +131,20 @@ def message(draw: st.DrawFn) -> ep.ProcessingRequest:
     eos = draw(st.booleans())
     request = ep.ProcessingRequest()
     if kind == "request_headers":
-        request.request_headers.CopyFrom(ep.HttpHeaders(headers=draw(header_map(response=False)), end_of_stream=eos))
+        request.request_headers.CopyFrom(
+            ep.HttpHeaders(headers=draw(header_map(response=False)), end_of_stream=eos)
+        )
     elif kind == "request_body":
         request.request_body.CopyFrom(ep.HttpBody(body=draw(bodies), end_of_stream=eos))
     elif kind == "response_headers":
-        request.response_headers.CopyFrom(ep.HttpHeaders(headers=draw(header_map(response=True)), end_of_stream=eos))
+        request.response_headers.CopyFrom(
+            ep.HttpHeaders(headers=draw(header_map(response=True)), end_of_stream=eos)
+        )
         if draw(st.booleans()):
             attrs = struct_pb2.Struct()
-            attrs.update({"upstream.address": draw(st.sampled_from(["127.0.0.1:1", "", "x" * 300]))})
+            attrs.update(
+                {"upstream.address": draw(st.sampled_from(["127.0.0.1:1", "", "x" * 300]))}
+            )
             request.attributes["envoy.filters.http.ext_proc"].CopyFrom(attrs)
     elif kind == "response_body":
         request.response_body.CopyFrom(ep.HttpBody(body=draw(bodies), end_of_stream=eos))
@@ -143,7 +172,9 @@ def scripts(draw: st.DrawFn) -> list[ep.ProcessingRequest]:
     script = [
         ep.ProcessingRequest(request_headers=headers),
         ep.ProcessingRequest(request_body=ep.HttpBody(body=draw(bodies), end_of_stream=True)),
-        ep.ProcessingRequest(response_headers=ep.HttpHeaders(headers=draw(header_map(response=True)))),
+        ep.ProcessingRequest(
+            response_headers=ep.HttpHeaders(headers=draw(header_map(response=True)))
+        ),
     ]
     script += [
         ep.ProcessingRequest(response_body=ep.HttpBody(body=b, end_of_stream=False))
@@ -165,7 +196,9 @@ async def saar(settings: Settings) -> AsyncIterator[ExtProcHarness]:
         await harness.router.drain()
 
 
-async def play(harness: ExtProcHarness, script: list[ep.ProcessingRequest]) -> tuple[list[str | None], grpc.StatusCode]:
+async def play(
+    harness: ExtProcHarness, script: list[ep.ProcessingRequest]
+) -> tuple[list[str | None], grpc.StatusCode]:
     """Send each message, read exactly one answer, half-close; return answer kinds and status."""
     assert harness._stub is not None
     call = harness._stub.Process()
@@ -186,7 +219,10 @@ def internal_errors(harness: ExtProcHarness) -> float:
     total = 0.0
     for metric in registry.collect():
         for sample in metric.samples:
-            if sample.name == "saar_fail_open_total" and sample.labels.get("reason") == "internal_error":
+            if (
+                sample.name == "saar_fail_open_total"
+                and sample.labels.get("reason") == "internal_error"
+            ):
                 total += sample.value
     return total
 

@@ -21,7 +21,7 @@ from saar.wire import ClientError
 from .fuzz_budget import budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "wire"))
-from wire_bodies import APIS, body_for, parse  # noqa: E402
+from wire_bodies import APIS, body_for, parse
 
 ids = st.one_of(
     st.text(min_size=1, max_size=30),
@@ -36,7 +36,9 @@ events = st.lists(
     min_size=1,
     max_size=8,
 )
-wrong = st.one_of(st.none(), st.integers(), st.booleans(), st.lists(st.integers(), max_size=2), st.just({}))
+wrong = st.one_of(
+    st.none(), st.integers(), st.booleans(), st.lists(st.integers(), max_size=2), st.just({})
+)
 
 
 def corrupt(node: Any, path: list[int], value: Any) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
-
 from dataplane.conftest import StackFactory, use_redis
+
 from saar.settings import Settings
 from saar.state import build_store
 from saar.testing.extproc import ExtProcHarness
@@ -40,7 +40,17 @@ HOSTILE: dict[str, str] = {
     "percent": "%2e%2e%2f%00",
     "backslash": "\\x00\\n",
 }
-MARKERS = ("AAAAAAAA", "sess\x00ion", "forged", "🦊", "etc/passwd", "[a-z]?", "FLUSHALL", "%2e%2e", "\\x00")
+MARKERS = (
+    "AAAAAAAA",
+    "sess\x00ion",
+    "forged",
+    "🦊",
+    "etc/passwd",
+    "[a-z]?",
+    "FLUSHALL",
+    "%2e%2e",
+    "\\x00",
+)
 KEY_SHAPE = re.compile(r"^saar:v1:[A-Za-z0-9._~:%-]{1,200}$")
 
 
@@ -109,6 +119,7 @@ async def test_hostile_ids_in_one_body_field_are_hashed_too(
         assert_no_raw_value(key)
 
 
+@pytest.mark.dataplane
 async def test_hostile_ids_through_envoy_stay_out_of_redis_and_saar_logs(
     make_stack: StackFactory, redis_server: Any
 ) -> None:
@@ -117,6 +128,7 @@ async def test_hostile_ids_through_envoy_stay_out_of_redis_and_saar_logs(
     await stack.local.stop_saar()
     stack.local.saar_args = ["--log-level", "debug"]
     await stack.local.start_saar()
+
     def send(headers: dict[str, str]) -> int:
         request = urllib.request.Request(
             f"{stack.base_url}/v1/chat/completions",
@@ -130,12 +142,14 @@ async def test_hostile_ids_through_envoy_stay_out_of_redis_and_saar_logs(
         except urllib.error.HTTPError as err:
             return int(err.code)
 
-    through = {k: v for k, v in HOSTILE.items() if k in {"traversal", "star", "glob", "lua", "percent", "backslash"}}
+    through = {
+        k: v
+        for k, v in HOSTILE.items()
+        if k in {"traversal", "star", "glob", "lua", "percent", "backslash"}
+    }
     through["long"] = "A" * 7_000  # aiohttp (the emulated backend) caps a header at 8 KiB
     for value in through.values():
-        status = await asyncio.to_thread(
-            send, {"x-session-id": value, "x-conversation-id": value}
-        )
+        status = await asyncio.to_thread(send, {"x-session-id": value, "x-conversation-id": value})
         assert 200 == status, value[:40]
     # Envoy itself refuses a 1 MiB header (431, or a reset while it is still being sent).
     try:
@@ -159,7 +173,8 @@ async def test_distinct_hostile_ids_never_share_a_session(settings: Settings, he
         keys = set()
         for value in values:
             turn = await saar.exchange(
-                body=chat("hi"), headers={"x-session-id": "same", "x-conversation-id": "same", header: value}
+                body=chat("hi"),
+                headers={"x-session-id": "same", "x-conversation-id": "same", header: value},
             )
             keys.add(turn.affinity_key)
     assert len(values) == len(keys)

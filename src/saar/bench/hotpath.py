@@ -27,6 +27,7 @@ import io
 import json
 import os
 import pstats
+import socket
 import statistics
 import sys
 import tempfile
@@ -40,11 +41,17 @@ import yaml
 
 from saar.bench.live import repo_root
 from saar.bench.matrix import _facts, _machine
-from saar.stack import ChildProcess, LocalStack, StackPorts, free_port
+from saar.stack import ChildProcess, LocalStack, StackPorts
 
 __all__ = ["HotpathOptions", "agent_body", "main_hotpath", "run_hotpath"]
 
 _TICK: Final = os.sysconf("SC_CLK_TCK")
+_STEPS: Final = (("20k", "rate"), ("500k", "rate"), ("20k", "sat"))
+VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
+    "noreplay": {"replay": {"enabled": False}},
+    "nolearn": {"server": {"learn_from_response_bodies": False}},
+}
+"""Config edits of the diagnostic saar variants (section -> keys to set)."""
 _SESSIONS: Final = 256
 
 
@@ -60,6 +67,8 @@ class HotpathOptions:
     warmup_seconds: float = 1.5
     policy_seconds: float = 2.0
     profile_requests: int = 2000
+    variants: tuple[str, ...] = ("noreplay", "nolearn")
+    """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -73,6 +82,7 @@ class HotpathOptions:
             warmup_seconds=0.3,
             policy_seconds=0.3,
             profile_requests=100,
+            variants=(),
         )
 
 
@@ -146,7 +156,17 @@ class _Pool:
     async def get(self) -> _Conn:
         if self.idle:
             return self.idle.pop()
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 22)
+        for attempt in range(5):
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, limit=1 << 22
+                )
+                break
+            except ConnectionRefusedError:
+                # A listener that is still binding on a busy box: try again shortly.
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
         conn = _Conn(reader, writer)
         self.all.append(conn)
         return conn
@@ -319,6 +339,15 @@ def _thread_cpu(pid: int | None) -> dict[str, float]:
     return out
 
 
+def _distinct_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all bound at once, so no two calls can return the same one."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def _pid(stack: LocalStack, name: str) -> int | None:
     child = stack.children.get(name)
     return child.process.pid if child is not None and child.process is not None else None
@@ -406,8 +435,9 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "saar_threads_us_per_request": threads,
             "errors": sum(r[key]["errors"] for r in rounds),
         }
-    for size, mode in (("20k", "rate"), ("500k", "rate"), ("20k", "sat")):
-        saar, plain = f"saar/{size}/{mode}", f"plain/{size}/{mode}"
+    variants = ["saar", *(f"saar-{v}" for v in VARIANTS)]
+    for variant, size, mode in ((v, s, m) for v in variants for s, m in _STEPS):
+        saar, plain = f"{variant}/{size}/{mode}", f"plain/{size}/{mode}"
         if saar not in out or plain not in out:
             continue
         added = {
@@ -418,7 +448,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             m: round(out[saar][m] / out[plain][m], 2) if out[plain][m] else 0.0
             for m in ("p50", "p95", "p99", "throughput")
         }
-        out[f"added/{size}/{mode}"] = {**added, "ratio_saar_over_plain": ratio}
+        prefix = "added" if variant == "saar" else f"added-{variant.removeprefix('saar-')}"
+        out[f"{prefix}/{size}/{mode}"] = {**added, "ratio_saar_over_plain": ratio}
     return out
 
 
@@ -535,7 +566,8 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     root = repo_root()
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream_port = free_port()
+        ports = iter(_distinct_ports(4 + 3 * (2 + len(opts.variants))))
+        upstream_port = next(ports)
         upstream = ChildProcess(
             "upstream",
             [sys.executable, "-m", "saar.bench.upstream", "--port", str(upstream_port)],
@@ -551,7 +583,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                 config_path=root / "config" / "local.yaml",
                 envoy_template=plain,
                 workdir=tmp / "plain",
-                ports=StackPorts(listen=free_port(), envoy_admin=free_port(), metrics=None),
+                ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
                 with_emulator=False,
                 with_saar=False,
             )
@@ -559,10 +591,26 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                 config_path=root / "config" / "local.yaml",
                 envoy_template=with_saar,
                 workdir=tmp / "saar",
-                ports=StackPorts(listen=free_port(), envoy_admin=free_port(), metrics=free_port()),
+                ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=next(ports)),
                 with_emulator=False,
                 saar_args=("--log-level", "warning"),
             )
+            for variant in opts.variants:
+                raw = yaml.safe_load((root / "config" / "local.yaml").read_text())
+                for section, edit in VARIANTS[variant].items():
+                    raw.setdefault(section, {}).update(edit)
+                variant_config = tmp / f"saar-{variant}.yaml"
+                variant_config.write_text(yaml.safe_dump(raw, sort_keys=False))
+                stacks[f"saar-{variant}"] = LocalStack(
+                    config_path=variant_config,
+                    envoy_template=with_saar,
+                    workdir=tmp / f"saar-{variant}",
+                    ports=StackPorts(
+                        listen=next(ports), envoy_admin=next(ports), metrics=next(ports)
+                    ),
+                    with_emulator=False,
+                    saar_args=("--log-level", "warning"),
+                )
             for stack in stacks.values():
                 await stack.start()
             rounds, sizes = await _measure(stacks, opts)
@@ -570,6 +618,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
             for stack in stacks.values():
                 await stack.stop()
             await upstream.stop()
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     profile = await profile_on_message(opts.profile_requests, out_dir / f"{stem}-profile.txt")
     summary = _summary(rounds)
     decisions = policy_rate(opts.policy_seconds)
@@ -631,6 +680,34 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{plain['cpu_us_per_request'].get('envoy', 0):,.0f} / "
             f"{saar['cpu_us_per_request'].get('envoy', 0):,.0f} |"
         )
+    for variant in VARIANTS:
+        if not any(k.startswith(f"saar-{variant}/") for k in s):
+            continue
+        edit = "; ".join(
+            f"{section}.{k}: {str(v).lower()}"
+            for section, keys in VARIANTS[variant].items()
+            for k, v in keys.items()
+        )
+        lines += [
+            "",
+            f"Diagnostic, same rounds: saar with `{edit}`.",
+            "",
+            "| Step | p50 / p95 / p99 ms | Added p50 / p95 / p99 ms | Throughput req/s | "
+            "saar CPU µs/req (shipped -> variant) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, label in labels.items():
+            off, added = s.get(f"saar-{variant}/{key}"), s.get(f"added-{variant}/{key}")
+            on = s.get(f"saar/{key}")
+            if off is None or added is None or on is None:
+                continue
+            lines.append(
+                f"| {label} | {off['p50']:.2f} / {off['p95']:.2f} / {off['p99']:.2f} | "
+                f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | "
+                f"{off['throughput']:,.0f} | "
+                f"{on['cpu_us_per_request'].get('saar', 0):,.0f} -> "
+                f"{off['cpu_us_per_request'].get('saar', 0):,.0f} |"
+            )
     d = doc["policy_decisions_per_s"]
     p = doc["on_message_profile"]
     lines += [

@@ -103,6 +103,8 @@ class LiveOptions:
     retries: int = 6
     control: bool = True
     """Finish with a negative-control pass with saar stopped (the checker must fire)."""
+    envoy_template: str | None = None
+    """Envoy bootstrap to run instead of ``envoy/local.yaml`` (experiments)."""
 
     @classmethod
     def small(cls) -> LiveOptions:
@@ -160,7 +162,9 @@ def live_config(root: Path) -> dict[str, Any]:
     return raw
 
 
-def _stack(raw: dict[str, Any], workdir: Path, rng: random.Random) -> LocalStack:
+def _stack(
+    raw: dict[str, Any], workdir: Path, rng: random.Random, template: str | None = None
+) -> LocalStack:
     root = repo_root()
     config_path = workdir / "saar-live.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -171,7 +175,7 @@ def _stack(raw: dict[str, Any], workdir: Path, rng: random.Random) -> LocalStack
     ]
     return LocalStack(
         config_path=config_path,
-        envoy_template=root / "envoy" / "local.yaml",
+        envoy_template=Path(template) if template else root / "envoy" / "local.yaml",
         workdir=workdir / "stack",
         ports=StackPorts(
             listen=free_port(),
@@ -362,19 +366,21 @@ def continuity(records: list[dict[str, Any]]) -> dict[str, Any]:
             checked_tool += 1
             if home[0] != r["pool"]:
                 tool_model += 1
-                examples.append({"kind": "tool_result_model", "record": r["request_id"]})
+                examples.append(_example("tool_result_other_model", r, home[:2], records))
             elif home[1] != r["replica"]:
                 tool_replica += 1
-                examples.append({"kind": "tool_result_replica", "record": r["request_id"]})
+                examples.append(_example("tool_result_other_replica", r, home[:2], records))
         prev = r.get("previous_response_id")
         if prev:
             checked_prev += 1
+            home2 = minted.get(prev)
             if r["status"] == 404:
                 prev_404 += 1
-                examples.append({"kind": "previous_response_404", "record": r["request_id"]})
-            home2 = minted.get(prev)
-            if home2 is not None and home2 != (r["pool"], r["replica"]):
+                examples.append(_example("previous_response_404", r, home2, records))
+            elif home2 is not None and home2 != (r["pool"], r["replica"]):
                 prev_replica += 1
+                examples.append(_example("previous_response_other_replica", r, home2, records))
+    # A 404 is a continuation received by the wrong replica too: it counts once, as a 404.
     total = tool_model + tool_replica + prev_replica + prev_404
     return {
         "violations": total,
@@ -385,6 +391,41 @@ def continuity(records: list[dict[str, Any]]) -> dict[str, Any]:
         "tool_results_checked": checked_tool,
         "continuations_checked": checked_prev,
         "examples": examples[:10],
+    }
+
+
+def _example(
+    kind: str,
+    record: dict[str, Any],
+    home: tuple[Any, ...] | None,
+    records: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A violation with its session's backend history, so it can be diagnosed offline."""
+    keep = (
+        "time",
+        "pool",
+        "replica",
+        "status",
+        "fault",
+        "phase",
+        "affinity_key",
+        "previous_response_id",
+        "response_id",
+        "tool_call_ids",
+        "tool_result_ids",
+    )
+    history = [
+        {k: r.get(k) for k in keep}
+        for r in records
+        if r.get("session_id") == record.get("session_id")
+    ]
+    return {
+        "kind": kind,
+        "session_id": record.get("session_id"),
+        "request_id": record.get("request_id"),
+        "received_by": [record["pool"], record["replica"]],
+        "home": list(home) if home is not None else None,
+        "session_history": history[-12:],
     }
 
 
@@ -469,7 +510,7 @@ async def run_live(opts: LiveOptions) -> dict[str, Any]:
     rng = random.Random(opts.seed)
     raw = live_config(repo_root())
     with tempfile.TemporaryDirectory(prefix="saar-bench-live-") as tmp:
-        stack = _stack(raw, Path(tmp), rng)
+        stack = _stack(raw, Path(tmp), rng, opts.envoy_template)
         await stack.start()
         try:
             passes = [await _pass(stack, "clean", opts)]
