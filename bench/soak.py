@@ -104,8 +104,8 @@ class SoakResult:
     rss_growth_mib: float = 0.0
     error_samples: list[str] = field(default_factory=list)
     """A few examples of each kind of problem (errors, lost locks, spills)."""
-    saar_fail_open: dict[str, float] = field(default_factory=dict)
-    """saar's own ``saar_fail_open_total`` by reason at the end of the run."""
+    saar_counters: dict[str, float] = field(default_factory=dict)
+    """saar's fail-open, store-fallback, conflict and background-error counters (non-zero)."""
     envoy_ext_proc: dict[str, int] = field(default_factory=dict)
     """Envoy's ext_proc counters (message timeouts, failure_mode_allowed, ...)."""
     host: dict[str, Any] = field(default_factory=dict)
@@ -360,7 +360,14 @@ async def _drive(
             result.latency_ms_p50 = round(statistics.median(latencies) * 1000, 1)
             result.latency_ms_p99 = round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1)
         result.requests_per_s = round(result.requests / max(result.duration_s, 1e-9), 1)
-        result.saar_fail_open, result.envoy_ext_proc = await asyncio.to_thread(_counters, stack)
+        result.saar_counters, result.envoy_ext_proc = await asyncio.to_thread(_counters, stack)
+
+
+# saar counters that explain a fail-open or a lost lock when they move.
+_EXPLAINING = (
+    "saar_fail_open_total|saar_store_fallbacks_total|saar_store_conflicts_total|"
+    "saar_background_errors_total|saar_state_decode_errors_total|saar_replay_dropped_total"
+)
 
 
 def _get(url: str) -> str:
@@ -370,19 +377,22 @@ def _get(url: str) -> str:
 
 
 def _counters(stack: LocalStack) -> tuple[dict[str, float], dict[str, int]]:
-    """saar's fail-open counters and Envoy's ext_proc counters, to explain any fail-open."""
+    """saar's explaining counters and Envoy's ext_proc counters, to explain any loss."""
     saar: dict[str, float] = {}
     metrics = _get(f"http://127.0.0.1:{stack.ports.metrics}/metrics")
-    for match in re.finditer(r"^saar_fail_open_total\{([^}]*)\} (\S+)$", metrics, re.MULTILINE):
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        key = f"{labels.get('phase')}/{labels.get('reason')}"
-        saar[key] = saar.get(key, 0.0) + float(match.group(2))
+    pattern = rf"^({_EXPLAINING})(?:\{{([^}}]*)\}})? (\S+)$"
+    for match in re.finditer(pattern, metrics, re.MULTILINE):
+        value = float(match.group(3))
+        if value > 0:
+            labels = re.findall(r'="([^"]*)"', match.group(2) or "")
+            key = "/".join([match.group(1).removeprefix("saar_"), *labels])
+            saar[key] = saar.get(key, 0.0) + value
     envoy: dict[str, int] = {}
     stats = _get(f"http://127.0.0.1:{stack.ports.envoy_admin}/stats?filter=ext_proc")
     for line in stats.splitlines():
-        name, _, value = line.partition(": ")
-        if value.isdigit() and int(value) > 0:
-            envoy[name.rsplit(".", 1)[-1]] = int(value)
+        name, _, count = line.partition(": ")
+        if count.isdigit() and int(count) > 0:
+            envoy[name.rsplit(".", 1)[-1]] = int(count)
     return saar, envoy
 
 

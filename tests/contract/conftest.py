@@ -12,7 +12,10 @@ import pytest
 from saar.state import MemoryStore, RedisStore, SessionStore, redis_client
 from saar.testing.redis_server import RedisServer
 
-TIMEOUT_S = 0.05  # the production default budget (timeout_ms: 50)
+TIMEOUT_S = 0.05  # the production default budget (timeout_ms: 50), for the budget tests
+CONTRACT_TIMEOUT_S = 1.0
+"""The contract suite checks behaviour, not latency: a loaded 2-core runner can take longer
+than the production budget for one round trip, which is the resilience tests' subject."""
 
 
 class ManualClock:
@@ -39,7 +42,9 @@ class StoreKit:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}:")
     opened: list[SessionStore] = field(default_factory=list)
 
-    def open(self, prefix: str | None = None, *, timeout_s: float = TIMEOUT_S) -> SessionStore:
+    def open(
+        self, prefix: str | None = None, *, timeout_s: float = CONTRACT_TIMEOUT_S
+    ) -> SessionStore:
         """Return a new handle on the shared backend (a 'replica') under ``prefix``."""
         prefix = self.prefix if prefix is None else prefix
         store: SessionStore

@@ -109,12 +109,6 @@ async def test_bad_input_through_envoy_gets_json_errors_and_reaches_no_backend(
     assert "x-vsr-selected-model" in reply_headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="envoy mutation_rules allow_expression lacks content-type: Envoy drops the "
-    "content-type of saar's ImmediateResponse (counted in rejected_header_mutations) and "
-    "sends text/plain; fix: add content-type to the regex in envoy/*.yaml (docs/hardening.md)",
-)
 async def test_client_errors_through_envoy_are_labelled_json(make_stack: StackFactory) -> None:
     """saar's error bodies reach the client as application/json, with no rejected mutation."""
     stack = await make_stack()

@@ -56,12 +56,6 @@ def test_replay_store_surfaces_a_full_disk_as_an_error(tmp_path: Path) -> None:
     assert out.split(" | ")[0] in {"disk_full", "db_error"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SqliteReplayStore.write runs ROLLBACK after SQLite already rolled the full "
-    "transaction back; 'cannot rollback - no transaction is active' masks SQLITE_FULL, so "
-    "drops are labelled db_error. Fix: roll back only if db.in_transaction (replay/store.py)",
-)
 def test_replay_store_classifies_disk_full(tmp_path: Path) -> None:
     """A full disk is reported (and its drops labelled) as disk_full, not db_error."""
     out = run_child(tmp_path / "replay.sqlite3")

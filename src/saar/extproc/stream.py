@@ -22,6 +22,7 @@ answered with a plain "continue" of the matching kind; they never raise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -97,7 +98,7 @@ class ExtProcStream:
             self._metrics.fail_open.labels(phase=str(kind), reason="internal_error").inc()
             _log.exception("extproc_internal_error", phase=kind, error=type(exc).__name__)
             reply = _continue_for(kind)
-        self._metrics.message_seconds.labels(phase=str(kind)).observe(time.perf_counter() - started)
+        self._metrics.message_seconds_for(str(kind)).observe(time.perf_counter() - started)
         return reply
 
     def _on_request_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
@@ -149,25 +150,40 @@ class ExtProcStream:
             _log.info("client_error", code=err.code, status=err.status, api=api.value)
             return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
         try:
-            decision = await asyncio.wait_for(
-                router.route(parsed), settings.server.decision_budget_ms / 1000.0
-            )
+            # asyncio.timeout, not wait_for: no extra Task and loop round trip per request.
+            async with asyncio.timeout(settings.server.decision_budget_ms / 1000.0):
+                decision = await router.route(parsed)
         except TimeoutError:
-            return self._fail_open("decision_timeout", api)
+            return self._fail_open("decision_timeout", api, parsed.facts)
         except TransactionConflictError:
-            return self._fail_open("state_conflict", api)
+            return self._fail_open("state_conflict", api, parsed.facts)
         except StoreError as exc:
-            return self._fail_open("store_error", api, error=type(exc).__name__)
+            return self._fail_open("store_error", api, parsed.facts, error=type(exc).__name__)
         self._decision = decision
         self._facts = parsed.facts
+        if _log_debug():
+            _log.debug(
+                "decision",
+                request_id=decision.replay_id,
+                session=parsed.facts.session_id,
+                decision=decision.decision_name,
+                action=decision.action.value,
+                reason=decision.reason.value,
+                target=decision.target.key,
+            )
         body = parsed.rewrite_model(decision.target.model)
         return responses.route_request_body(
             cluster=decision.target.cluster, affinity_key=decision.affinity_key, body=body
         )
 
-    def _fail_open(self, reason: str, api: Api, **fields: str) -> ep.ProcessingResponse:
+    def _fail_open(
+        self, reason: str, api: Api, facts: RequestFacts, **fields: str
+    ) -> ep.ProcessingResponse:
         self._metrics.fail_open.labels(phase="request_body", reason=reason).inc()
-        _log.warning("fail_open", reason=reason, api=api.value, **fields)
+        # Ids are bound here, once; the session id is already a hash (never the raw header).
+        _log.bind(request_id=facts.request_id, session=facts.session_id, api=api.value).warning(
+            "fail_open", reason=reason, **fields
+        )
         return responses.continue_request_body()
 
     def _on_response_headers(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
@@ -239,6 +255,11 @@ class ExtProcStream:
             physical=decision.target.key,
         )
         self._router.learn(decision, learned)
+
+
+def _log_debug() -> bool:
+    """Whether debug logs are on (a per-request decision line is debug-level)."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _upstream_address(message: ep.ProcessingRequest) -> str | None:

@@ -50,6 +50,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._message_children: dict[str, Histogram] = {}
         r = self.registry
         self.decisions = Counter(
             "saar_decisions_total",
@@ -185,6 +186,13 @@ class Metrics:
             ["task"],
             registry=r,
         )
+
+    def message_seconds_for(self, phase: str) -> Histogram:
+        """The message-latency child for ``phase``, cached: ``labels()`` is a locked lookup."""
+        child = self._message_children.get(phase)
+        if child is None:
+            child = self._message_children[phase] = self.message_seconds.labels(phase=phase)
+        return child
 
     def describe(self) -> list[MetricInfo]:
         """Every series family this registry exports, sorted by name (for the docs)."""

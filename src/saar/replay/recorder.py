@@ -111,11 +111,18 @@ class _Flush:
 _STOP: Final = object()
 
 
+# SQLite result codes that mean "the file cannot grow": a full disk (SQLITE_FULL), or a write
+# refused by the OS (IOERR_WRITE: ENOSPC on some filesystems, a quota, a file-size limit).
+_DISK_FULL_CODES: Final = frozenset({"SQLITE_FULL", "SQLITE_IOERR_WRITE"})
+_LOCKED_CODES: Final = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+
+
 def _classify(exc: sqlite3.Error) -> str:
+    name = str(getattr(exc, "sqlite_errorname", ""))
     text = str(exc).lower()
-    if "full" in text:
+    if name in _DISK_FULL_CODES or "full" in text:
         return DropReason.DISK_FULL
-    if "locked" in text or "busy" in text:
+    if name.startswith(tuple(_LOCKED_CODES)) or "locked" in text or "busy" in text:
         return DropReason.DB_LOCKED
     return DropReason.DB_ERROR
 

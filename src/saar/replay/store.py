@@ -211,7 +211,10 @@ class SqliteReplayStore:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL does): a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
 
     def get(self, replay_id: str) -> ReplayRecord | None:
@@ -292,7 +295,10 @@ class SqliteReplayStore:
                 ).fetchone()
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL does): a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         stored = Outcome(key=row[0], kind=row[1], score=row[2], note=row[3], at=row[4])
         return stored, created
@@ -324,7 +330,10 @@ class SqliteReplayStore:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may already have rolled back (SQLITE_FULL does): a second ROLLBACK
+                # would raise "no transaction is active" and hide the real error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         return deleted
 
