@@ -131,10 +131,7 @@ async def test_replay_disk_full_drops_and_counts_while_requests_flow(
     text = stack.metrics_text()
     assert [200] * 40 == [raw.status_code for raw, _ in replies]
     assert all("x-vsr-selected-model" in raw.headers for raw, _ in replies)
-    # Every drop is counted. Its reason label reads db_error, not disk_full: SQLite rolls a
-    # full transaction back itself and the store's own ROLLBACK then masks the error
-    # (test_replay_store_classifies_disk_full pins the fix; docs/hardening.md).
-    dropped = metric_sum(text, "saar_replay_dropped_total")
+    dropped = metric_sum(text, "saar_replay_dropped_total", reason="disk_full")
     assert dropped >= 1, saar.output()[-2000:]
     assert saar.alive()
     assert "Traceback" not in saar.output()

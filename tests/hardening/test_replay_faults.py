@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -53,7 +51,7 @@ def test_replay_store_surfaces_a_full_disk_as_an_error(tmp_path: Path) -> None:
     """A write that cannot grow the file raises sqlite3.Error (the recorder drops and counts)."""
     out = run_child(tmp_path / "replay.sqlite3")
     assert "never failed" != out
-    assert out.split(" | ")[0] in {"disk_full", "db_error"}
+    assert out.split(" | ")[0] in {"disk_full", "db_error"}, out
 
 
 def test_replay_store_classifies_disk_full(tmp_path: Path) -> None:

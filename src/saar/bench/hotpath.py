@@ -588,6 +588,7 @@ async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
 async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[str, Any]:
     """Start the stacks, measure, and return the document (the profile is written too)."""
     root = repo_root()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
         ports = iter(_distinct_ports(4 + 3 * (2 + len(opts.variants))))
@@ -657,6 +658,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     }
     return {
         "benchmark": "hot-path",
+        "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
         "options": opts.__dict__,
@@ -679,7 +681,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['date']} · {doc['machine']} · medians of {o['rounds']} rounds x {o['seconds']} s · "
         f"bodies {doc['body_bytes']['20k']:,} B and {doc['body_bytes']['500k']:,} B · "
         "open-loop Python load generator on the same cores · saar idle CPU "
-        f"{doc['body_bytes']['saar_idle_cpu_percent']}%",
+        f"{doc['body_bytes']['saar_idle_cpu_percent']}% · 1-min load average "
+        f"{doc['load_average_1m']['start']} at start, {doc['load_average_1m']['end']} at end "
+        "(other work shares this box)",
         "",
         "| Step | Envoy alone p50 / p95 / p99 ms | Envoy + saar p50 / p95 / p99 ms | "
         "Added p50 / p95 / p99 ms | Throughput alone / saar req/s | saar CPU µs/req | "

@@ -310,7 +310,9 @@ def _ext_proc_filter(options: InjectOptions) -> dict[str, Any]:
             "mutation_rules": {
                 "disallow_all": True,
                 "disallow_is_error": True,
-                "allow_expression": {"regex": "^(x-saar-[a-z-]+|x-vsr-[a-z-]+|content-length|content-type)$"},
+                "allow_expression": {
+                    "regex": "^(x-saar-[a-z-]+|x-vsr-[a-z-]+|content-length|content-type)$"
+                },
             },
             "forward_rules": {
                 "disallowed_headers": {
