@@ -24,7 +24,6 @@ import asyncio
 import json
 import platform
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,26 +37,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from saar.stack import LocalStack, StackPorts, free_port  # noqa: E402
+from saar.stack import LocalStack, StackPorts, free_port, pick_port_offset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
 def _port_offset(raw: dict[str, Any]) -> int:
-    ports = [p for pool in raw["pools"].values() for p in pool["emulator"]["ports"]]
-    for _ in range(200):
-        offset = random.randrange(10_000, 40_000, 10)
-        free = True
-        for port in ports:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port + offset))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return offset
-    raise RuntimeError("no free port range")
+    return pick_port_offset(
+        [p for pool in raw["pools"].values() for p in pool["emulator"]["ports"]]
+    )
 
 
 def _config(tmp: Path, name: str, feature: str, on: bool) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,6 +37,8 @@ __all__ = [
     "dies_with_parent",
     "envoy_binary",
     "free_port",
+    "pick_port_offset",
+    "port_is_free",
     "render_envoy_config",
 ]
 
@@ -48,6 +51,25 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound right now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port_offset(ports: Sequence[int], *, attempts: int = 200) -> int:
+    """A random offset that moves every one of ``ports`` onto a free port (private stacks)."""
+    for _ in range(attempts):
+        offset = random.randrange(10_000, 40_000, 10)
+        if all(port_is_free(port + offset) for port in ports):
+            return offset
+    raise RuntimeError("no free port range for the emulated pools")
 
 
 def envoy_binary() -> str:

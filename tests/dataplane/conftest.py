@@ -8,8 +8,6 @@ tests never collide with a `make run` stack or with each other.
 from __future__ import annotations
 
 import json
-import random
-import socket
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,30 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from saar.stack import LocalStack, StackPorts, free_port
+from saar.stack import LocalStack, StackPorts, free_port, pick_port_offset
 from saar.testing.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "local.yaml"
 ENVOY = ROOT / "envoy" / "local.yaml"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port_offset(ports: list[int]) -> int:
-    """An offset that moves every configured pool port onto a free one."""
-    for _ in range(200):
-        offset = random.randrange(10_000, 40_000, 10)
-        if all(_port_free(port + offset) for port in ports):
-            return offset
-    raise RuntimeError("no free port range for the emulator")
 
 
 def pool_ports(raw: dict[str, Any]) -> list[int]:

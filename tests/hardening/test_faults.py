@@ -199,6 +199,7 @@ async def test_restart_with_redis_keeps_the_tool_loop_lock(
     messages, first = await open_tool_loop(stack, "restart-redis")
     assert 0 == await stack.local.stop_saar()
     await stack.local.start_saar()
+    await chat_turns(stack, 1, "warm-up")  # a cold first message may pass Envoy's 1 s timeout
     held = await answer_tool(stack, "restart-redis", messages)
     assert reason(held.headers).startswith("hard_lock=tool_loop")
     assert first.headers["x-emulator-replica"] == held.headers["x-emulator-replica"]
@@ -214,6 +215,7 @@ async def test_restart_with_embedded_store_restarts_the_session_cleanly(
     messages, _ = await open_tool_loop(stack, "restart-local")
     assert 0 == await stack.local.stop_saar()
     await stack.local.start_saar()
+    await chat_turns(stack, 1, "warm-up")  # a cold first message may pass Envoy's 1 s timeout
     after = await answer_tool(stack, "restart-local", messages)
     assert 200 == after.status_code
     assert "establish_baseline" == action(after.headers)
