@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
 
+    from saar.bench.command import register as register_bench
     from saar.deploy.command import register as register_deploy
     from saar.emulator.command import register as register_emulator
     from saar.replay.command import register as register_replay
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_emulator(sub)
     register_replay(sub)
     register_deploy(sub)
+    register_bench(sub)
     return parser
 
 

@@ -116,7 +116,7 @@ def decide(
     Pure and deterministic: the same ``state``, ``facts``, ``config`` and ``now`` give the
     same result.
     """
-    spec, source = _decision_for(state, facts, config)
+    spec, source = _decision_for(state, facts, config, now)
     cands = candidates_for(spec, facts, config)
     base = base_select(spec, cands, facts, spec.method)
     scope = config.learning.scope
@@ -170,23 +170,40 @@ def decide(
     )
 
 
+FOLLOW_UP_MAX_WORDS = 4
+"""A user message this short with no signal ("continue", "fix it", "yes, do that") says
+nothing about its topic: it continues the session's task."""
+
+
 def _decision_for(
-    state: SessionState | None, facts: RequestFacts, config: PolicyConfig
+    state: SessionState | None, facts: RequestFacts, config: PolicyConfig, now: float
 ) -> tuple[DecisionSpec, str]:
     """The decision this request is in, and where that came from.
 
-    A request whose signals match no decision keeps its session's last decision: a bare
-    "continue" after a coding turn is still coding. Only a request that positively matches
-    another decision's signals counts as a change of topic (decision drift).
+    Signals decide when they match. A request that matches none keeps its session's decision
+    only when it *continues* the task: a tool result, or a short follow-up ("continue", "fix
+    it"), and only while the session is not idle. Anything else without signals is the
+    default decision again, so one "root cause" turn does not pin a session to the reasoning
+    tier for good; and a topic change still needs a positive match (decision drift).
     """
     matched = signal_match(facts, config)
     if matched is not None:
         return matched, "signals"
-    if state is not None and state.decision:
+    if state is not None and state.decision and _continues(facts):
         for spec in config.decisions:
             if spec.name == state.decision:
-                return spec, "session"
+                idle = now - state.last_seen >= spec.session_aware.idle_timeout_seconds
+                if not idle or spec.session_aware.idle_timeout_seconds <= 0:
+                    return spec, "session"
+                break
     return config.decision(config.default_decision), "default"
+
+
+def _continues(facts: RequestFacts) -> bool:
+    """Whether a request without signals continues its session's task."""
+    if facts.in_tool_loop:
+        return True
+    return len(facts.last_user_text.split(None, FOLLOW_UP_MAX_WORDS)) <= FOLLOW_UP_MAX_WORDS
 
 
 def _plain(

@@ -207,6 +207,29 @@ def test_turn_without_signals_keeps_the_session_decision() -> None:
     assert ("general", "default") == (fresh.decision_name, fresh.trace.decision_source)
 
 
+def test_long_turn_without_signals_returns_to_the_default_decision() -> None:
+    """A substantive message with no signal is the default decision again: no permanent pin."""
+    state = on_model(FRONTIER, decision="coding")
+    text = "what is a good name for the new settings page in the admin area"
+    decision, _ = decide(state, facts(text), make_config(general_refs=EASY), 1000.0)
+    assert ("general", "default") == (decision.decision_name, decision.trace.decision_source)
+
+
+def test_follow_up_after_idle_returns_to_the_default_decision() -> None:
+    """After the idle timeout even "continue" no longer inherits the session's decision."""
+    state = on_model(FRONTIER, decision="coding", last_seen=0.0)
+    decision, _ = decide(state, facts("continue"), make_config(general_refs=EASY), 10_000.0)
+    assert ("general", "default") == (decision.decision_name, decision.trace.decision_source)
+
+
+def test_tool_results_keep_the_session_decision() -> None:
+    """A tool-result turn (no user text) stays in the session's decision."""
+    state = on_model(FRONTIER, decision="coding", open_calls=(("c1", FRONTIER),))
+    turn = facts("", tool_result_ids=("c1",))
+    decision, _ = decide(state, turn, make_config(general_refs=EASY), 1000.0)
+    assert ("coding", "session") == (decision.decision_name, decision.trace.decision_source)
+
+
 def test_drift_to_decision_without_current_model_follows_base() -> None:
     """Drift into a decision whose refs lack the current model reselects the base choice."""
     state = on_model(SMALL, decision="general")
