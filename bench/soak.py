@@ -30,9 +30,7 @@ import contextlib
 import json
 import os
 import platform
-import random
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from saar.stack import LocalStack, StackPorts, free_port  # noqa: E402
+from saar.stack import LocalStack, StackPorts, free_port, pick_port_offset  # noqa: E402
 from saar.testing.redis_server import RedisServer  # noqa: E402
 
 __all__ = ["SoakConfig", "SoakResult", "main", "run_soak"]
@@ -139,23 +137,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _emulator_offset(raw: dict[str, Any]) -> int:
     ports = [int(p) for pool in raw["pools"].values() for p in pool["emulator"]["ports"]]
-    rng = random.Random()
-    for _ in range(200):
-        offset = rng.randrange(10_000, 40_000, 10)
-        if all(_port_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for the emulator")
+    return pick_port_offset(ports)
 
 
 def _edit_config(

@@ -63,10 +63,13 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def pick_port_offset(ports: Sequence[int], *, attempts: int = 200) -> int:
+def pick_port_offset(
+    ports: Sequence[int], *, rng: random.Random | None = None, attempts: int = 200
+) -> int:
     """A random offset that moves every one of ``ports`` onto a free port (private stacks)."""
+    draw = rng if rng is not None else random.Random()
     for _ in range(attempts):
-        offset = random.randrange(10_000, 40_000, 10)
+        offset = draw.randrange(10_000, 40_000, 10)
         if all(port_is_free(port + offset) for port in ports):
             return offset
     raise RuntimeError("no free port range for the emulated pools")

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -43,7 +42,7 @@ import openai
 import yaml
 
 from saar.bench.matrix import _machine
-from saar.stack import LocalStack, StackPorts, free_port
+from saar.stack import LocalStack, StackPorts, free_port, pick_port_offset
 
 __all__ = ["LiveOptions", "main_live", "repo_root", "run_live"]
 
@@ -130,23 +129,6 @@ class SessionResult:
 # --- stack -----------------------------------------------------------------------------------
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_offset(ports: list[int], rng: random.Random) -> int:
-    for _ in range(200):
-        offset = rng.randrange(10_000, 40_000, 10)
-        if all(_port_free(port + offset) for port in ports):
-            return offset
-    raise RuntimeError("no free port range for the emulator")
-
-
 def live_config(root: Path) -> dict[str, Any]:
     """``config/local.yaml`` with a short idle timeout and a fast emulator."""
     raw: dict[str, Any] = yaml.safe_load((root / "config" / "local.yaml").read_text())
@@ -181,7 +163,7 @@ def _stack(
             listen=free_port(),
             envoy_admin=free_port(),
             metrics=free_port(),
-            emulator_offset=_port_offset(ports, rng),
+            emulator_offset=pick_port_offset(ports, rng=rng),
             emulator_control=free_port(),
         ),
     )
