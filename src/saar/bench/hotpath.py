@@ -69,6 +69,8 @@ class HotpathOptions:
     profile_requests: int = 2000
     variants: tuple[str, ...] = ("noreplay", "nolearn")
     """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
+    floor: bool = True
+    """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor."""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -435,7 +437,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "saar_threads_us_per_request": threads,
             "errors": sum(r[key]["errors"] for r in rounds),
         }
-    variants = ["saar", *(f"saar-{v}" for v in VARIANTS)]
+    variants = ["saar", "floor", *(f"saar-{v}" for v in VARIANTS)]
     for variant, size, mode in ((v, s, m) for v in variants for s, m in _STEPS):
         saar, plain = f"{variant}/{size}/{mode}", f"plain/{size}/{mode}"
         if saar not in out or plain not in out:
@@ -449,6 +451,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for m in ("p50", "p95", "p99", "throughput")
         }
         prefix = "added" if variant == "saar" else f"added-{variant.removeprefix('saar-')}"
+        if variant == "floor":
+            prefix = "added-floor"
         out[f"{prefix}/{size}/{mode}"] = {**added, "ratio_saar_over_plain": ratio}
     return out
 
@@ -591,7 +595,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
-        ports = iter(_distinct_ports(4 + 3 * (2 + len(opts.variants))))
+        ports = iter(_distinct_ports(4 + 3 * (3 + len(opts.variants))))
         upstream_port = next(ports)
         upstream = ChildProcess(
             "upstream",
@@ -636,6 +640,26 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     with_emulator=False,
                     saar_args=("--log-level", "warning"),
                 )
+            if opts.floor:
+                floor = LocalStack(
+                    config_path=root / "config" / "local.yaml",
+                    envoy_template=with_saar,
+                    workdir=tmp / "floor",
+                    ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
+                    with_emulator=False,
+                    with_saar=False,
+                )
+                # The stack stops the child registered as "saar" like its own saar process.
+                null = ChildProcess(
+                    "saar",
+                    [sys.executable, "-m", "saar.bench.nullproc", str(floor.socket_path)],
+                    tmp / "nullproc.log",
+                    root,
+                )
+                null.start()
+                floor.children["saar"] = null
+                stacks["floor"] = floor
+                await null.wait_for_output("nullproc ready", 15.0)
             for stack in stacks.values():
                 await stack.start()
             rounds, sizes = await _measure(stacks, opts)
@@ -735,6 +759,31 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{off['throughput']:,.0f} | "
                 f"{on['cpu_us_per_request'].get('saar', 0):,.0f} -> "
                 f"{off['cpu_us_per_request'].get('saar', 0):,.0f} |"
+            )
+    if any(k.startswith("floor/") for k in s):
+        lines += [
+            "",
+            "Floor, same rounds: Envoy + a bare Python ext_proc with no logic "
+            "(`saar.bench.nullproc`: same messages, same mutations, grpc.aio + uvloop). "
+            "*Over floor* is what saar's own work adds on top of the Python ext_proc hop.",
+            "",
+            "| Step | Floor p50 / p95 / p99 ms | Floor added p50 / p95 / p99 ms | "
+            "saar over floor p50 / p95 / p99 ms | Throughput floor / saar req/s | "
+            "CPU µs/req floor / saar |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, label in labels.items():
+            fl, added, on = s.get(f"floor/{key}"), s.get(f"added-floor/{key}"), s.get(f"saar/{key}")
+            if fl is None or added is None or on is None:
+                continue
+            over = [on[m] - fl[m] for m in ("p50", "p95", "p99")]
+            lines.append(
+                f"| {label} | {fl['p50']:.2f} / {fl['p95']:.2f} / {fl['p99']:.2f} | "
+                f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | "
+                f"{over[0]:+.2f} / {over[1]:+.2f} / {over[2]:+.2f} | "
+                f"{fl['throughput']:,.0f} / {on['throughput']:,.0f} | "
+                f"{fl['cpu_us_per_request'].get('saar', 0):,.0f} / "
+                f"{on['cpu_us_per_request'].get('saar', 0):,.0f} |"
             )
     d = doc["policy_decisions_per_s"]
     p = doc["on_message_profile"]

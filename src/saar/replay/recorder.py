@@ -1,19 +1,23 @@
 """The hot-path side of Router Replay: enqueue in O(1), write in batches on one thread.
 
-Theory of operation (ARCHITECTURE "Nothing slow on the hot path"): ``sink(decision, facts)``
-is registered with ``Router.add_sink`` and does three things only: compare the queue depth
-with its bound, append the *frozen* ``(Decision, RequestFacts, time)`` tuple to a
-``queue.SimpleQueue`` (C-implemented, lock-free for the producer: about 0.1 µs where
-``queue.Queue`` costs 0.7 µs) and tick a counter. It never blocks and never raises into the
-request: when the queue is full the record is dropped and counted (``queue_full``).
+Theory of operation (ARCHITECTURE "Nothing slow on the hot path"): ``submit(decision, facts)``
+does three things only: compare the queue depth with its bound, append the *frozen*
+``(Decision, RequestFacts, time)`` tuple to a ``collections.deque`` (``append`` is atomic
+under the GIL) and tick a counter. It never blocks, never raises into the request, and
+**never wakes the writer**: a wake-up per record costs a futex call and a GIL hand-off per
+request, which on a 2-core box halved saar's throughput (bench/results/hotpath.md). When the
+queue is full the record is dropped and counted (``queue_full``).
 
-Everything else runs on one daemon writer thread: building the ``ReplayRecord`` (the trace
-dict, hashing handles), encoding JSON, and one SQLite transaction per batch of at most
-``batch_size`` items or ``flush_interval_ms`` of waiting. Response-path updates go through
-the same queue, so a record is always inserted before its response is merged. A database
-that is locked or a disk that is full makes the batch fail: its records are counted as
-dropped with the reason, a warning is logged, and the writer carries on. Retention runs on the
-same thread every ``retention_interval_s``.
+The writer thread sleeps for ``flush_interval_ms``, then drains everything queued in one go:
+it builds the ``ReplayRecord`` s (the trace dict, hashing handles), folds each response that
+arrived in the same batch into its record (one INSERT instead of an INSERT and an UPDATE),
+and commits at most ``batch_size`` items per SQLite transaction. Between chunks of work it
+yields the GIL (``time.sleep(0)``) so the event loop never waits a whole switch interval
+behind it. Response-path updates go through the same queue, so a record is always inserted
+before its response is merged. A database that is locked or a disk that is full makes the
+batch fail: its records are counted as dropped with the reason, a warning is logged, and the
+writer carries on. Retention runs on the same thread every ``retention_interval_s``.
+``flush()`` and ``close()`` wake the writer at once.
 
 Metrics: the recorder imports no metrics library; the lead passes a ``ReplayObserver`` and
 reads ``queue_depth()`` from a gauge callback.
@@ -21,10 +25,10 @@ reads ``queue_depth()`` from a gauge callback.
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -35,7 +39,7 @@ from saar.policy.decision import Decision
 from saar.policy.facts import RequestFacts, ResponseFacts
 from saar.replay.config import ReplayConfig
 from saar.replay.record import ReplayRecord, ResponseRecord, build_record, response_record
-from saar.replay.store import ReplayStore, SqliteReplayStore
+from saar.replay.store import ReplayStore, SqliteReplayStore, merge_response
 
 __all__ = ["DropReason", "NullObserver", "RecorderStats", "ReplayObserver", "ReplayRecorder"]
 
@@ -109,6 +113,8 @@ class _Flush:
 
 
 _STOP: Final = object()
+# Items built between two voluntary GIL releases on the writer thread.
+_YIELD_EVERY: Final = 16
 
 
 # SQLite result codes that mean "the file cannot grow": a full disk (SQLITE_FULL), or a write
@@ -142,7 +148,9 @@ class ReplayRecorder:
         self._config = config if config is not None else ReplayConfig()
         self._observer: ReplayObserver = observer if observer is not None else NullObserver()
         self._clock = clock
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: deque[object] = deque()
+        # Set only by flush() and close(): ordinary records never wake the writer.
+        self._wake = threading.Event()
         self._max = self._config.queue_size
         self._capture = self._config.capture_prompts
         self._closed = False
@@ -175,10 +183,10 @@ class ReplayRecorder:
     def sink(self, decision: Decision, facts: RequestFacts) -> None:
         """``Router.add_sink`` receiver: enqueue one decision; O(1), never blocks or raises."""
         # ``submit`` inlined: this runs once per request on the event loop.
-        if self._closed or self._queue.qsize() >= self._max:
+        if self._closed or len(self._queue) >= self._max:
             self._drop(DropReason.CLOSED if self._closed else DropReason.QUEUE_FULL)
             return
-        self._queue.put_nowait((decision, facts, self._clock(), None))
+        self._queue.append((decision, facts, self._clock(), None))
         self.stats.enqueued += 1
         self._observer.on_enqueued()
 
@@ -189,10 +197,10 @@ class ReplayRecorder:
         if self._closed:
             self._drop(DropReason.CLOSED)
             return False
-        if self._queue.qsize() >= self._max:
+        if len(self._queue) >= self._max:
             self._drop(DropReason.QUEUE_FULL)
             return False
-        self._queue.put_nowait((decision, facts, self._clock(), latency_s))
+        self._queue.append((decision, facts, self._clock(), latency_s))
         self.stats.enqueued += 1
         self._observer.on_enqueued()
         return True
@@ -206,17 +214,17 @@ class ReplayRecorder:
         if self._closed:
             self._drop(DropReason.CLOSED)
             return False
-        if self._queue.qsize() >= self._max:
+        if len(self._queue) >= self._max:
             self._drop(DropReason.QUEUE_FULL)
             return False
-        self._queue.put_nowait((response, self._clock()))
+        self._queue.append((response, self._clock()))
         self.stats.enqueued += 1
         self._observer.on_enqueued()
         return True
 
     def queue_depth(self) -> int:
         """Items waiting for the writer (for a gauge)."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     # -- control --------------------------------------------------------------------------
 
@@ -225,7 +233,8 @@ class ReplayRecorder:
         if self._thread is None or not self._thread.is_alive():
             return False
         marker = _Flush()
-        self._queue.put_nowait(marker)
+        self._queue.append(marker)
+        self._wake.set()
         return marker.event.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -234,7 +243,8 @@ class ReplayRecorder:
             return
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put_nowait(_STOP)
+            self._queue.append(_STOP)
+            self._wake.set()
             self._thread.join(timeout)
         self._store.close()
 
@@ -251,49 +261,24 @@ class ReplayRecorder:
         interval = config.flush_interval_ms / 1000.0
         batch_size = config.batch_size
         next_prune = time.monotonic()
+        pending = self._queue
         stopping = False
         while not stopping:
+            # Sleep a flush interval (or until flush()/close()), then take everything queued.
+            self._wake.wait(max(0.0, min(interval, next_prune - time.monotonic())))
+            self._wake.clear()
             batch: list[object] = []
             flushes: list[_Flush] = []
-            wait = max(0.0, next_prune - time.monotonic())
-            try:
-                first = self._queue.get(timeout=min(wait, 1.0) if wait > 0 else 0.05)
-            except queue.Empty:
-                first = None
-            if first is not None:
-                deadline = time.monotonic() + interval
-                item: object = first
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                    elif isinstance(item, _Flush):
-                        flushes.append(item)
-                    else:
-                        batch.append(item)
-                    # A flush or stop request commits at once; otherwise fill the batch.
-                    if stopping or flushes or len(batch) >= batch_size:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-            if stopping:
-                # Drain what producers queued before close() flipped the flag.
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(item, _Flush):
-                        flushes.append(item)
-                    elif item is not _STOP:
-                        batch.append(item)
-            if batch:
-                for start in range(0, len(batch), batch_size):
-                    self._write(batch[start : start + batch_size])
+            while pending:
+                item = pending.popleft()
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Flush):
+                    flushes.append(item)
+                else:
+                    batch.append(item)
+            for start in range(0, len(batch), batch_size):
+                self._write(batch[start : start + batch_size])
             for marker in flushes:
                 marker.event.set()
             if time.monotonic() >= next_prune:
@@ -303,27 +288,41 @@ class ReplayRecorder:
     def _write(self, items: list[object]) -> None:
         records: list[ReplayRecord] = []
         responses: list[tuple[str, ResponseRecord]] = []
+        by_id: dict[str, int] = {}
+        merged = 0
         capture = self._capture
-        for item in items:
+        for i, item in enumerate(items):
+            if i and i % _YIELD_EVERY == 0:
+                time.sleep(0)  # hand the GIL to the event loop between chunks of work
             try:
                 if isinstance(item, tuple) and len(item) == 4:
                     decision, facts, at, latency = item
-                    records.append(
-                        build_record(
-                            decision,
-                            facts,
-                            at=at,
-                            latency_ms=None if latency is None else latency * 1000.0,
-                            capture_prompts=capture,
-                        )
+                    record = build_record(
+                        decision,
+                        facts,
+                        at=at,
+                        latency_ms=None if latency is None else latency * 1000.0,
+                        capture_prompts=capture,
                     )
+                    by_id[record.replay_id] = len(records)
+                    records.append(record)
                 elif isinstance(item, tuple) and len(item) == 2:
                     response, at = item
-                    responses.append((response.request_id, response_record(response, at=at)))
+                    stored = response_record(response, at=at)
+                    index = by_id.get(response.request_id)
+                    if index is None:
+                        responses.append((response.request_id, stored))
+                    else:
+                        # Its record is in this batch: store them together (no UPDATE).
+                        record = records[index]
+                        records[index] = record.with_results(
+                            merge_response(record.response, stored), record.outcomes
+                        )
+                        merged += 1
             except Exception:  # a record that cannot be built must not stop the writer
                 self._drop(DropReason.ENCODE_ERROR)
                 _log.exception("replay_encode_error")
-        n = len(records) + len(responses)
+        n = len(records) + len(responses) + merged
         if n == 0:
             return
         started = time.perf_counter()

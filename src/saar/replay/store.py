@@ -173,11 +173,14 @@ class SqliteReplayStore:
                 r.conversation_id,
                 r.protected_key,
                 encode_record(r.with_results(None, ()) if r.response or r.outcomes else r),
+                None if r.response is None else dumps(r.response),
             )
             for r in records
         ]
-        merges = [(r.replay_id, r.response) for r in records if r.response is not None]
-        merges += responses
+        # A record written with its response stores both in one INSERT; only a record that
+        # already exists (an import, a retry) needs the response merged into the stored one.
+        with_response = {r.replay_id: r.response for r in records if r.response is not None}
+        merges = list(responses)
         outcomes = [
             (r.replay_id, o.key, o.kind, o.score, o.note, o.at) for r in records for o in r.outcomes
         ]
@@ -185,12 +188,17 @@ class SqliteReplayStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO records "
-                    "(replay_id, ts, session_id, conversation_id, protected_key, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
+                insert = (
+                    "INSERT OR IGNORE INTO records (replay_id, ts, session_id, conversation_id, "
+                    "protected_key, body, response) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 )
+                if with_response:
+                    for values in rows:
+                        replay_id = values[0]
+                        if db.execute(insert, values).rowcount == 0 and replay_id in with_response:
+                            merges.append((replay_id, with_response[replay_id]))
+                else:
+                    db.executemany(insert, rows)
                 if outcomes:
                     db.executemany(
                         "INSERT OR IGNORE INTO outcomes (replay_id, key, kind, score, note, ts) "
