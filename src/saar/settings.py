@@ -299,6 +299,7 @@ _KNOBS = frozenset(
         "switch_history_weight",
         "cache_half_life_seconds",
         "unhealthy_after_failures",
+        "follow_up_max_words",
     }
 )
 
@@ -735,5 +736,8 @@ def _parse_knobs(node: _Node) -> SessionAwareKnobs:
         ),
         unhealthy_after_failures=node.child("unhealthy_after_failures").integer(
             default=defaults.unhealthy_after_failures, low=1, high=1000
+        ),
+        follow_up_max_words=node.child("follow_up_max_words").integer(
+            default=defaults.follow_up_max_words, low=0, high=64
         ),
     )

@@ -53,6 +53,12 @@ def test_local_config_loads() -> None:
             "routing.decisions[1].algorithm.session_aware.stay_bias must be in [0, 1]",
         ),
         (
+            lambda r: r["routing"]["decisions"][1]["algorithm"]["session_aware"].update(
+                follow_up_max_words=65
+            ),
+            "routing.decisions[1].algorithm.session_aware.follow_up_max_words must be in [0, 64]",
+        ),
+        (
             lambda r: r["pools"]["h100-small"]["serves"][0]["pricing"].update(prompt_per_1m=-1),
             "pools.h100-small.serves[0].pricing.prompt_per_1m must be >= 0",
         ),

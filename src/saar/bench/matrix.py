@@ -184,6 +184,8 @@ def policies() -> list[PolicySpec]:
         # idle_timeout_seconds 0 disables the idle boundary (engine: timeout > 0 is required).
         PolicySpec("no-idle-boundary", "saar", _knob_variant(raw, idle_timeout_seconds=0.0)),
         PolicySpec("no-prefix-cache-pricing", "saar", _knob_variant(raw, prefix_cache_weight=0.0)),
+        # Operator lever: short unsignalled follow-ups fall to the default decision.
+        PolicySpec("no-follow-up-carry-over", "saar", _knob_variant(raw, follow_up_max_words=0)),
     ]
 
 
@@ -266,8 +268,9 @@ def _play(
     session: Session,
     base: Sequence[str],
     quality: dict[str, dict[str, float]],
+    path: Sequence[str] | None = None,
 ) -> PolicyTotals:
-    """Play one session under one policy; return its counters."""
+    """Play one session under one policy (or along a fixed ``path``); return its counters."""
     config = spec.config
     totals = PolicyTotals()
     cache = _Cache()
@@ -277,9 +280,12 @@ def _play(
     response_owner: dict[str, str] = {}
     previous: str | None = None
     sticky: str | None = None
-    for turn, base_key in zip(session.turns, base, strict=True):
+    for i, (turn, base_key) in enumerate(zip(session.turns, base, strict=True)):
         now = turn.at
-        if spec.kind == "single":
+        if path is not None:
+            target = path[i]
+            decision = None
+        elif spec.kind == "single":
             target = base_key
             decision = None
         elif spec.kind == "sticky":
@@ -341,6 +347,142 @@ def _play(
     return totals
 
 
+# --- reference points: what is reachable on this generator at all ---------------------------
+#
+# Not policies saar could ship: they read the generator's ground truth (each turn's true topic,
+# latent demand and the quality table). They bound the cost/quality plane: how cheap can a
+# lock-respecting router be at a given quality here? Every path is scored by ``_play`` exactly
+# like the policies (the same cache model, switches and unsafe checks).
+
+
+def _locked(turn: Turn) -> bool:
+    """Whether the turn must be served by the previous turn's model (tool results, chains).
+
+    In the generator a tool result answers the previous answer's calls and a
+    ``previous_response_id`` names the previous response, so both owners are the previous turn.
+    """
+    return bool(turn.tool_result_ids) or turn.previous_response_id is not None
+
+
+def _oracle_path(
+    session: Session,
+    config: PolicyConfig,
+    quality: dict[str, dict[str, float]],
+    *,
+    per_quality: float,
+    per_shortfall: float,
+) -> list[str]:
+    """The lock-respecting path minimising ``cost - per_quality * q + per_shortfall * shortfall``.
+
+    Dynamic programme over the served model of the previous turn; an unlocked turn may use any
+    model ref of its *true* topic's decision, a locked turn only the previous turn's model.
+    The cost used here keeps a cache hit only on the model that served the previous turn (an
+    upper bound of the real cost model, which may also find an older prefix on a model
+    visited before); the path is then scored exactly by ``_play``.
+    """
+    refs = {spec.name: [r.physical for r in spec.model_refs] for spec in config.decisions}
+    best: dict[str, tuple[float, tuple[str, ...]]] = {}
+    prev: Turn | None = None
+    for turn in session.turns:
+        row = quality[turn.topic]
+        options = refs[turn.topic]
+        nxt: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+        def gain(key: str, turn: Turn = turn, row: dict[str, float] = row) -> float:
+            q = row[key]
+            return per_quality * q - per_shortfall * max(0.0, turn.demand - q)
+
+        if prev is None:
+            for key in options:
+                nxt[key] = (_turn_cost(config, key, turn, 0) - gain(key), (key,))
+        else:
+            done = prev.at + 0.5 + prev.completion_tokens * 0.02
+            resident = prev.prompt_tokens + prev.completion_tokens
+            warm = turn.at - done <= CACHE_TTL_S
+            for key in {*options, *best} if _locked(turn) else options:
+                for before, (score, path) in best.items():
+                    if _locked(turn) and before != key:
+                        continue
+                    cached = min(turn.prompt_tokens, resident) if warm and before == key else 0
+                    total = score + _turn_cost(config, key, turn, cached) - gain(key)
+                    if key not in nxt or total < nxt[key][0]:
+                        nxt[key] = (total, (*path, key))
+        best = nxt
+        prev = turn
+    return list(min(best.values())[1])
+
+
+def _quality_of(
+    paths: Sequence[Sequence[str]],
+    sessions: Sequence[Session],
+    quality: dict[str, dict[str, float]],
+) -> float:
+    total = turns = 0.0
+    for path, session in zip(paths, sessions, strict=True):
+        for key, turn in zip(path, session.turns, strict=True):
+            total += quality[turn.topic][key]
+            turns += 1
+    return total / max(1.0, turns)
+
+
+def _frontier_paths(
+    sessions: Sequence[Session],
+    config: PolicyConfig,
+    quality: dict[str, dict[str, float]],
+    floor: float,
+) -> list[list[str]]:
+    """The cheapest lock-respecting paths whose mean served quality is at least ``floor``.
+
+    Lagrangian search: bisect the price of a quality point (currency per point, log scale);
+    mean quality does not fall as that price rises.
+    """
+    lo, hi = 1e-5, 10.0
+    best = [_oracle_path(s, config, quality, per_quality=hi, per_shortfall=0.0) for s in sessions]
+    for _ in range(18):
+        mid = (lo * hi) ** 0.5
+        paths = [
+            _oracle_path(s, config, quality, per_quality=mid, per_shortfall=0.0) for s in sessions
+        ]
+        if _quality_of(paths, sessions, quality) >= floor:
+            hi, best = mid, paths
+        else:
+            lo = mid
+    return best
+
+
+def _references(
+    *,
+    sessions: Sequence[Session],
+    bases: Sequence[Sequence[str]],
+    config: PolicyConfig,
+    quality: dict[str, dict[str, float]],
+    single: PolicyTotals,
+    saar_quality: float,
+) -> dict[str, dict[str, Any]]:
+    """Reference rows (ground-truth oracles and the cheapest safe router); see above."""
+    spec = PolicySpec("reference", "path", config)
+    base_quality = _quality_of(bases, sessions, quality)
+    target = base_quality + float(PUBLISHED["saar"]["quality_delta"]) + 1e-4
+    cheapest = min(config.physical_models.values(), key=lambda p: p.pricing.prompt_per_1m).key
+    paths: dict[str, list[list[str]]] = {
+        "oracle: meets demand": [
+            _oracle_path(s, config, quality, per_quality=0.0, per_shortfall=1e3) for s in sessions
+        ],
+        "oracle: cheapest at saar's quality": _frontier_paths(
+            sessions, config, quality, saar_quality
+        ),
+        "oracle: cheapest at published quality": _frontier_paths(sessions, config, quality, target),
+        "cheapest safe: all small": [[cheapest] * len(s.turns) for s in sessions],
+    }
+    out = {}
+    for name, chosen in paths.items():
+        total = PolicyTotals()
+        for session, base, path in zip(sessions, bases, chosen, strict=True):
+            total.add(_play(spec, session, base, quality, path))
+        out[name] = _row(total, single)
+    return out
+
+
 # --- running and reporting ------------------------------------------------------------------
 
 
@@ -351,16 +493,19 @@ def run_matrix(options: MatrixOptions) -> dict[str, Any]:
     per: dict[str, dict[str, PolicyTotals]] = {s.name: {} for s in specs}
     timing: dict[str, float] = {s.name: 0.0 for s in specs}
     started = time.perf_counter()
+    everything: list[Session] = []
+    bases: list[list[str]] = []
     for workload in options.workloads:
         sessions = generate_sessions(workload, options.seeds, options.sessions, options.turns)
         for session in sessions:
             base = _base_choices(session, specs[0].config)
+            everything.append(session)
+            bases.append(base)
             for spec in specs:
                 t0 = time.perf_counter()
                 totals = _play(spec, session, base, quality)
                 timing[spec.name] += time.perf_counter() - t0
                 per[spec.name].setdefault(workload.name, PolicyTotals()).add(totals)
-    elapsed = time.perf_counter() - started
     overall = {}
     for name, by_workload in per.items():
         total = PolicyTotals()
@@ -369,6 +514,18 @@ def run_matrix(options: MatrixOptions) -> dict[str, Any]:
         overall[name] = total
     single = overall["single-turn"]
     rows = {name: _row(total, single) for name, total in overall.items()}
+    t0 = time.perf_counter()
+    saar_quality = overall["saar"].quality / max(1, overall["saar"].turns)
+    references = _references(
+        sessions=everything,
+        bases=bases,
+        config=specs[0].config,
+        quality=quality,
+        single=single,
+        saar_quality=saar_quality,
+    )
+    timing["references"] = time.perf_counter() - t0
+    elapsed = time.perf_counter() - started
     workloads = {
         w.name: {name: _row(per[name][w.name], per["single-turn"][w.name]) for name in per}
         for w in options.workloads
@@ -387,6 +544,7 @@ def run_matrix(options: MatrixOptions) -> dict[str, Any]:
         },
         "config": MATRIX_CONFIG,
         "policies": rows,
+        "references": references,
         "workloads": workloads,
         "published": PUBLISHED,
         "target": _target(rows["saar"], options),
@@ -487,15 +645,17 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in doc["policies"].items():
-        lines.append(
-            f"| {name} | {row['switches']:,} | {_pct(row['switch_reduction'])} | "
-            f"{row['unsafe_switches']:,} ({row['unsafe_tool_loop']:,} / "
-            f"{row['unsafe_provider_state']:,}) | {_pct(row['cost_reduction'])} | "
-            f"{_pct(row['cost_reduction_upstream'])} | {row['quality_delta']:+.4f} | "
-            f"{row['demand_quality']:.4f} | {_pct(row['underserved_rate'])} | "
-            f"{_pct(row['cache_hit_rate'])} |"
-        )
+        lines.append(_table_row(name, row))
+    for name, row in doc.get("references", {}).items():
+        lines.append(_table_row(f"*reference — {name}*", row))
     lines += [
+        "",
+        "Reference rows are not routers: they read the generator's ground truth (true topic, "
+        "latent demand, the quality table) and bound what any lock-respecting router can reach "
+        "here. *meets demand*: the cheapest model of the true topic's refs that meets each "
+        "turn's latent demand; *cheapest at X quality*: the cheapest lock-respecting routes "
+        "whose mean served quality equals X (Lagrangian over the quality table); *all small*: "
+        "every turn on the cheapest model (no switch, so no lock can break).",
         "",
         "Published rows (blog, 21,600 turns):",
         "",
@@ -535,6 +695,17 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _table_row(name: str, row: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {row['switches']:,} | {_pct(row['switch_reduction'])} | "
+        f"{row['unsafe_switches']:,} ({row['unsafe_tool_loop']:,} / "
+        f"{row['unsafe_provider_state']:,}) | {_pct(row['cost_reduction'])} | "
+        f"{_pct(row['cost_reduction_upstream'])} | {row['quality_delta']:+.4f} | "
+        f"{row['demand_quality']:.4f} | {_pct(row['underserved_rate'])} | "
+        f"{_pct(row['cache_hit_rate'])} |"
+    )
 
 
 def write_results(doc: dict[str, Any], out_dir: Path, stem: str = "matrix") -> list[Path]:

@@ -74,7 +74,13 @@ def scatter_svg(
             'stroke="#999" stroke-dasharray="4"/>'
         )
     for name, x, y in points:
-        colour = "#e45756" if name.startswith("published") else "#4c78a8"
+        colour = (
+            "#e45756"
+            if name.startswith("published")
+            else "#9d9d9d"
+            if name.startswith("ref.")
+            else "#4c78a8"
+        )
         parts.append(
             f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{colour}"/>'
             f'<text x="{px(x) + 7:.1f}" y="{py(y) - 6:.1f}" font-size="10">{escape(name)}</text>'
@@ -119,6 +125,14 @@ def write_matrix_plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[Pa
         )
         for n in ("saar", "sticky")
     ]
+    for name, row in doc.get("references", {}).items():
+        points.append(
+            (
+                f"ref. {name} (upstream conv.)",
+                float(row["cost_reduction_upstream"]),
+                float(row["quality_delta"]),
+            )
+        )
     for name, row in doc["published"].items():
         if "quality_delta" in row:
             points.append(

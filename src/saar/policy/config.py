@@ -188,6 +188,10 @@ class SessionAwareKnobs:
     """Half-life of a session's prefix-cache warmth after its last observation (KV eviction)."""
     unhealthy_after_failures: int = 2
     """Consecutive 5xx/429 answers after which an unlocked session moves off a backend."""
+    follow_up_max_words: int = 4
+    """An unsignalled user message of at most this many words ("continue", "fix it") keeps the
+    session's decision; 0 = only tool results do (follow-ups fall to the default decision, which
+    is cheaper when a signal escalated the session and lower quality if the task is still hard)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,11 +170,6 @@ def decide(
     )
 
 
-FOLLOW_UP_MAX_WORDS = 4
-"""A user message this short with no signal ("continue", "fix it", "yes, do that") says
-nothing about its topic: it continues the session's task."""
-
-
 def _decision_for(
     state: SessionState | None, facts: RequestFacts, config: PolicyConfig, now: float
 ) -> tuple[DecisionSpec, str]:
@@ -182,28 +177,34 @@ def _decision_for(
 
     Signals decide when they match. A request that matches none keeps its session's decision
     only when it *continues* the task: a tool result, or a short follow-up ("continue", "fix
-    it"), and only while the session is not idle. Anything else without signals is the
-    default decision again, so one "root cause" turn does not pin a session to the reasoning
-    tier for good; and a topic change still needs a positive match (decision drift).
+    it": at most that decision's ``follow_up_max_words`` words), and only while the session is
+    not idle. Anything else without signals is the default decision again, so one "root cause"
+    turn does not pin a session to the reasoning tier for good; and a topic change still needs
+    a positive match (decision drift).
     """
     matched = signal_match(facts, config)
     if matched is not None:
         return matched, "signals"
-    if state is not None and state.decision and _continues(facts):
+    if state is not None and state.decision:
         for spec in config.decisions:
             if spec.name == state.decision:
-                idle = now - state.last_seen >= spec.session_aware.idle_timeout_seconds
-                if not idle or spec.session_aware.idle_timeout_seconds <= 0:
+                knobs = spec.session_aware
+                idle = now - state.last_seen >= knobs.idle_timeout_seconds
+                if _continues(facts, knobs.follow_up_max_words) and (
+                    not idle or knobs.idle_timeout_seconds <= 0
+                ):
                     return spec, "session"
                 break
     return config.decision(config.default_decision), "default"
 
 
-def _continues(facts: RequestFacts) -> bool:
+def _continues(facts: RequestFacts, max_words: int) -> bool:
     """Whether a request without signals continues its session's task."""
     if facts.in_tool_loop:
         return True
-    return len(facts.last_user_text.split(None, FOLLOW_UP_MAX_WORDS)) <= FOLLOW_UP_MAX_WORDS
+    if max_words <= 0:
+        return False
+    return len(facts.last_user_text.split(None, max_words)) <= max_words
 
 
 def _plain(

@@ -222,6 +222,31 @@ def test_follow_up_after_idle_returns_to_the_default_decision() -> None:
     assert ("general", "default") == (decision.decision_name, decision.trace.decision_source)
 
 
+def test_follow_up_max_words_sets_what_counts_as_a_follow_up() -> None:
+    """follow_up_max_words bounds a carried follow-up; 0 sends follow-ups to the default."""
+    state = on_model(FRONTIER, decision="coding")
+    text = "yes go on with that now"  # six words
+    default = make_config(general_refs=EASY)
+    wider = make_config(general_refs=EASY, knobs=SessionAwareKnobs(follow_up_max_words=6))
+    off = make_config(general_refs=EASY, knobs=SessionAwareKnobs(follow_up_max_words=0))
+    assert "general" == decide(state, facts(text), default, 1000.0)[0].decision_name
+    assert ("coding", "session") == (
+        decide(state, facts(text), wider, 1000.0)[0].decision_name,
+        decide(state, facts(text), wider, 1000.0)[0].trace.decision_source,
+    )
+    dropped, _ = decide(state, facts("continue"), off, 1000.0)
+    assert ("general", "default") == (dropped.decision_name, dropped.trace.decision_source)
+    # Tool results still continue the task whatever the knob says.
+    looped = on_model(FRONTIER, decision="coding", open_calls=(("c1", FRONTIER),))
+    turn = facts("", tool_result_ids=("c1",))
+    kept, _ = decide(looped, turn, off, 1000.0)
+    assert ("coding", "session", FRONTIER) == (
+        kept.decision_name,
+        kept.trace.decision_source,
+        kept.target.key,
+    )
+
+
 def test_tool_results_keep_the_session_decision() -> None:
     """A tool-result turn (no user text) stays in the session's decision."""
     state = on_model(FRONTIER, decision="coding", open_calls=(("c1", FRONTIER),))
