@@ -143,9 +143,15 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, "sighup")
-    watched = [Path(config_path)]
-    if settings.replay.priors_path:
-        watched.append(Path(settings.replay.priors_path))
+
+    def watched() -> list[Path]:
+        # The live settings: a reload that sets or moves priors.path moves the watch with it.
+        paths = [Path(config_path)]
+        priors = router.settings.replay.priors_path
+        if priors:
+            paths.append(Path(priors))
+        return paths
+
     watcher = asyncio.create_task(_watch(watched, options.watch_interval_s, reload))
 
     _log.info("saar_ready", addresses=addresses, config=settings.source)
@@ -165,12 +171,18 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     return 0
 
 
-async def _watch(paths: list[Path], interval: float, reload: Callable[[str], None]) -> None:
-    """Reload when the config or priors file changes (ConfigMap updates replace files)."""
-    last = [_stamp(path) for path in paths]
+async def _watch(
+    paths: Callable[[], list[Path]], interval: float, reload: Callable[[str], None]
+) -> None:
+    """Reload when the config or priors file changes (ConfigMap updates replace files).
+
+    ``paths`` is asked on every tick, so a priors file named by a reload is watched from then
+    on; a changed set of paths counts as a change (one more reload, which is harmless).
+    """
+    last = [(path, _stamp(path)) for path in paths()]
     while True:
         await asyncio.sleep(interval)
-        current = [_stamp(path) for path in paths]
+        current = [(path, _stamp(path)) for path in paths()]
         if current != last:
             last = current
             reload("file_changed")
