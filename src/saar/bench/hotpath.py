@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +71,8 @@ class HotpathOptions:
     variants: tuple[str, ...] = ("noreplay", "nolearn")
     """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
     floor: bool = True
-    """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor."""
+    """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor, in the
+    3-message shape saar uses and in the 2-message shape (response headers SKIP)."""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -325,6 +327,45 @@ def _templates(root: Path, upstream_port: int, tmp: Path) -> tuple[Path, Path]:
     return with_saar, without
 
 
+def _contract_header(port: int) -> str | None:
+    """POST one agent body to ``port``; the ``x-vsr-selected-model`` response header."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=agent_body(2_000, 0),
+        headers={"content-type": "application/json", "x-session-id": "probe"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        value: str | None = response.headers.get("x-vsr-selected-model")
+        return value
+
+
+def _two_message_template(with_saar: Path, tmp: Path) -> Path:
+    """The ext_proc bootstrap in 2-message mode: response headers SKIP, the route copies them."""
+    raw: dict[str, Any] = yaml.safe_load(with_saar.read_text())
+    for listener in raw["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for flt in chain["filters"]:
+                hcm = flt["typed_config"]
+                for f in hcm["http_filters"]:
+                    if f["name"] == "envoy.filters.http.ext_proc":
+                        f["typed_config"]["processing_mode"]["response_header_mode"] = "SKIP"
+                for host in hcm["route_config"]["virtual_hosts"]:
+                    for route in host["routes"]:
+                        route["response_headers_to_add"] = [
+                            {
+                                "header": {
+                                    "key": "x-vsr-selected-model",
+                                    "value": "%REQ(x-vsr-selected-model)%",
+                                },
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                            }
+                        ]
+    out = tmp / "envoy-2msg.yaml"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
 def _thread_cpu(pid: int | None) -> dict[str, float]:
     """CPU seconds per thread name of a process (``/proc/<pid>/task/*``), summed by name."""
     out: dict[str, float] = {}
@@ -437,7 +478,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "saar_threads_us_per_request": threads,
             "errors": sum(r[key]["errors"] for r in rounds),
         }
-    variants = ["saar", "floor", *(f"saar-{v}" for v in VARIANTS)]
+    variants = ["saar", "floor", "floor2", *(f"saar-{v}" for v in VARIANTS)]
     for variant, size, mode in ((v, s, m) for v in variants for s, m in _STEPS):
         saar, plain = f"{variant}/{size}/{mode}", f"plain/{size}/{mode}"
         if saar not in out or plain not in out:
@@ -451,8 +492,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for m in ("p50", "p95", "p99", "throughput")
         }
         prefix = "added" if variant == "saar" else f"added-{variant.removeprefix('saar-')}"
-        if variant == "floor":
-            prefix = "added-floor"
+        if variant.startswith("floor"):
+            prefix = f"added-{variant}"
         out[f"{prefix}/{size}/{mode}"] = {**added, "ratio_saar_over_plain": ratio}
     return out
 
@@ -595,7 +636,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
-        ports = iter(_distinct_ports(4 + 3 * (3 + len(opts.variants))))
+        ports = iter(_distinct_ports(4 + 3 * (4 + len(opts.variants))))
         upstream_port = next(ports)
         upstream = ChildProcess(
             "upstream",
@@ -641,27 +682,44 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     saar_args=("--log-level", "warning"),
                 )
             if opts.floor:
-                floor = LocalStack(
-                    config_path=root / "config" / "local.yaml",
-                    envoy_template=with_saar,
-                    workdir=tmp / "floor",
-                    ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
-                    with_emulator=False,
-                    with_saar=False,
-                )
-                # The stack stops the child registered as "saar" like its own saar process.
-                null = ChildProcess(
-                    "saar",
-                    [sys.executable, "-m", "saar.bench.nullproc", str(floor.socket_path)],
-                    tmp / "nullproc.log",
-                    root,
-                )
-                null.start()
-                floor.children["saar"] = null
-                stacks["floor"] = floor
-                await null.wait_for_output("nullproc ready", 15.0)
+                two = _two_message_template(with_saar, tmp)
+                for name, template, extra in (
+                    ("floor", with_saar, []),
+                    ("floor2", two, ["--two-messages"]),
+                ):
+                    floor = LocalStack(
+                        config_path=root / "config" / "local.yaml",
+                        envoy_template=template,
+                        workdir=tmp / name,
+                        ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
+                        with_emulator=False,
+                        with_saar=False,
+                    )
+                    # The stack stops the child registered as "saar" like its own saar.
+                    null = ChildProcess(
+                        "saar",
+                        [
+                            sys.executable,
+                            "-m",
+                            "saar.bench.nullproc",
+                            str(floor.socket_path),
+                            *extra,
+                        ],
+                        tmp / f"{name}.log",
+                        root,
+                    )
+                    null.start()
+                    floor.children["saar"] = null
+                    stacks[name] = floor
+                    await null.wait_for_output("nullproc ready", 15.0)
             for stack in stacks.values():
                 await stack.start()
+            for name in ("floor", "floor2"):
+                # Both floor shapes must deliver the contract header, or they measure less work.
+                if name in stacks:
+                    seen = await asyncio.to_thread(_contract_header, stacks[name].ports.listen)
+                    if seen != "m":
+                        raise RuntimeError(f"{name}: x-vsr-selected-model was {seen!r}, not 'm'")
             rounds, sizes = await _measure(stacks, opts)
         finally:
             for stack in stacks.values():
@@ -764,27 +822,32 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [
             "",
             "Floor, same rounds: Envoy + a bare Python ext_proc with no logic "
-            "(`saar.bench.nullproc`: same messages, same mutations, grpc.aio + uvloop). "
-            "*Over floor* is what saar's own work adds on top of the Python ext_proc hop.",
+            "(`saar.bench.nullproc`, grpc.aio + uvloop, same mutations as saar). *3 msgs* is "
+            "saar's shape (request headers, body, response headers); *2 msgs* skips the "
+            "response headers and lets the route copy the contract header. *saar over floor* "
+            "is what saar's own work adds on top of the 3-message hop.",
             "",
-            "| Step | Floor p50 / p95 / p99 ms | Floor added p50 / p95 / p99 ms | "
-            "saar over floor p50 / p95 / p99 ms | Throughput floor / saar req/s | "
-            "CPU µs/req floor / saar |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| Step | Floor | p50 / p95 / p99 ms | Added p50 / p95 / p99 ms | "
+            "saar over floor p50 / p95 / p99 ms | Throughput req/s | CPU µs/req |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for key, label in labels.items():
-            fl, added, on = s.get(f"floor/{key}"), s.get(f"added-floor/{key}"), s.get(f"saar/{key}")
-            if fl is None or added is None or on is None:
-                continue
-            over = [on[m] - fl[m] for m in ("p50", "p95", "p99")]
-            lines.append(
-                f"| {label} | {fl['p50']:.2f} / {fl['p95']:.2f} / {fl['p99']:.2f} | "
-                f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | "
-                f"{over[0]:+.2f} / {over[1]:+.2f} / {over[2]:+.2f} | "
-                f"{fl['throughput']:,.0f} / {on['throughput']:,.0f} | "
-                f"{fl['cpu_us_per_request'].get('saar', 0):,.0f} / "
-                f"{on['cpu_us_per_request'].get('saar', 0):,.0f} |"
-            )
+            on = s.get(f"saar/{key}")
+            for name, shape in (("floor", "3 msgs"), ("floor2", "2 msgs")):
+                fl, added = s.get(f"{name}/{key}"), s.get(f"added-{name}/{key}")
+                if fl is None or added is None or on is None:
+                    continue
+                over = (
+                    " / ".join(f"{on[m] - fl[m]:+.2f}" for m in ("p50", "p95", "p99"))
+                    if name == "floor"
+                    else "-"
+                )
+                lines.append(
+                    f"| {label} | {shape} | {fl['p50']:.2f} / {fl['p95']:.2f} / "
+                    f"{fl['p99']:.2f} | +{added['p50']:.2f} / +{added['p95']:.2f} / "
+                    f"+{added['p99']:.2f} | {over} | {fl['throughput']:,.0f} | "
+                    f"{fl['cpu_us_per_request'].get('saar', 0):,.0f} |"
+                )
     d = doc["policy_decisions_per_s"]
     p = doc["on_message_profile"]
     lines += [

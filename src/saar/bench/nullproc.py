@@ -7,7 +7,11 @@ grpc.aio with uvloop, and does nothing else: no parsing, no policy, no store, no
 metrics. Whatever Envoy + saar costs above Envoy + this server is saar's own work; what this
 server costs above Envoy alone is the price of a Python ext_proc hop on the machine.
 
-Run: ``python -m saar.bench.nullproc SOCKET_PATH`` (prints ``nullproc ready``).
+With ``--two-messages`` it serves the 2-message shape (Envoy's ``response_header_mode: SKIP``):
+the contract header is set on the *request* in the body response and the route copies it to
+the response (``response_headers_to_add: %REQ(...)%``), so no response-headers round trip.
+
+Run: ``python -m saar.bench.nullproc SOCKET_PATH [--two-messages]`` (prints ``nullproc ready``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ _OTHER = ep.ProcessingResponse(response_body=ep.BodyResponse())
 class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Answers every message with the cheapest response of the same shape as saar's."""
 
+    def __init__(self, *, two_messages: bool = False) -> None:
+        self._contract = (_header("x-vsr-selected-model", "m"),) if two_messages else ()
+
     async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """One stream: read, answer, until Envoy closes it."""
         while True:
@@ -63,6 +70,7 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                         _header("x-saar-cluster", _CLUSTER),
                         _header("x-saar-affinity-key", "floor"),
                         _header("content-length", str(len(body))),
+                        *self._contract,
                     ]
                 )
                 common = ep.CommonResponse(
@@ -79,14 +87,16 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 await context.write(_OTHER)
 
 
-async def _serve(socket_path: str) -> None:
+async def _serve(socket_path: str, *, two_messages: bool) -> None:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ]
     )
-    ep_grpc.add_ExternalProcessorServicer_to_server(NullProcessor(), server)
+    ep_grpc.add_ExternalProcessorServicer_to_server(
+        NullProcessor(two_messages=two_messages), server
+    )
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     print("nullproc ready", flush=True)
@@ -97,13 +107,16 @@ def main() -> None:
     """Serve on the Unix socket given on the command line until terminated."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket", help="Unix socket path Envoy's ext_proc cluster points at")
+    parser.add_argument(
+        "--two-messages", action="store_true", help="contract header on the request (SKIP mode)"
+    )
     args = parser.parse_args()
     try:
         import uvloop  # noqa: PLC0415 - as saar serve: the floor must use the same loop
     except ImportError:  # pragma: no cover
-        asyncio.run(_serve(args.socket))
+        asyncio.run(_serve(args.socket, two_messages=args.two_messages))
     else:
-        uvloop.run(_serve(args.socket))
+        uvloop.run(_serve(args.socket, two_messages=args.two_messages))
 
 
 if __name__ == "__main__":
