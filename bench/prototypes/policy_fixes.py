@@ -32,7 +32,7 @@ _ORIGINAL_DECISION_FOR = engine._decision_for
 _ORIGINAL_EVALUATE = engine.evaluate
 
 
-def _carryover(state: Any, facts: Any, config: Any) -> Any:
+def _carryover(state: Any, facts: Any, config: Any, now: float = 0.0) -> Any:
     matched = signal_match(facts, config)
     if matched is not None:
         return matched, "signals"
@@ -73,7 +73,7 @@ def run(small: bool) -> dict[str, Any]:
     for label, (a, b) in variants.items():
         engine._decision_for = _carryover if a else _ORIGINAL_DECISION_FOR
         engine.evaluate = _no_drift_continuity if b else _ORIGINAL_EVALUATE  # type: ignore[assignment]
-        doc = matrix.run_matrix(options)
+        doc = matrix.run_world(options, "quality-weighted")
         out[label] = {k: doc["policies"][k] for k in ("single-turn", "saar")}
     engine._decision_for = _ORIGINAL_DECISION_FOR
     engine.evaluate = _ORIGINAL_EVALUATE

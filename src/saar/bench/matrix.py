@@ -24,6 +24,10 @@ served quality is below the turn's latent demand.
 A switch is a served physical model different from the previous turn's. It is *unsafe* when
 the turn answers tool calls issued by, or continues a response minted by, another physical model
 (ground truth from the generator, not from the policy's own view).
+
+Every policy, ablation and reference row is run once per *world* (``configs.WORLDS``): the same
+sessions under two valuations of the hybrid base selector, each with its own single-turn
+baseline and its own target verdicts.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from saar.bench.configs import MATRIX_CONFIG, matrix_policy
+from saar.bench.configs import PRIMARY_WORLD, WORLDS, matrix_policy, world_config
 from saar.bench.plots import write_matrix_plots
 from saar.bench.workloads import WORKLOADS, Session, Turn, Workload, generate_sessions
 from saar.policy import (
@@ -63,6 +67,7 @@ __all__ = [
     "PolicyTotals",
     "main_matrix",
     "run_matrix",
+    "run_world",
 ]
 
 CACHE_TTL_S: Final = 600.0
@@ -168,10 +173,10 @@ def _knob_variant(config_raw: dict[str, Any], **knobs: Any) -> PolicyConfig:
     return matrix_policy(raw)
 
 
-def policies() -> list[PolicySpec]:
-    """Single-turn, sticky, saar and its ablations, on the matrix config."""
-    base = matrix_policy()
-    raw = MATRIX_CONFIG
+def policies(raw: dict[str, Any] | None = None) -> list[PolicySpec]:
+    """Single-turn, sticky, saar and its ablations, on ``raw`` (default: the primary world)."""
+    raw = world_config(PRIMARY_WORLD) if raw is None else raw
+    base = matrix_policy(copy.deepcopy(raw))
     return [
         PolicySpec("single-turn", "single", base),
         PolicySpec("sticky", "sticky", base),
@@ -486,9 +491,61 @@ def _references(
 # --- running and reporting ------------------------------------------------------------------
 
 
-def run_matrix(options: MatrixOptions) -> dict[str, Any]:
-    """Run every policy over every workload; return the result document (JSON-ready)."""
-    specs = policies()
+def run_matrix(options: MatrixOptions, worlds: Sequence[str] = tuple(WORLDS)) -> dict[str, Any]:
+    """Run every world of the matrix; return the result document (JSON-ready)."""
+    started = time.perf_counter()
+    results = {world: run_world(options, world) for world in worlds}
+    return {
+        "benchmark": "policy-matrix",
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": _machine(),
+        "options": {
+            "seeds": options.seeds,
+            "sessions": options.sessions,
+            "turns": options.turns,
+            "workloads": [asdict(w) for w in options.workloads],
+            "total_turns": options.seeds
+            * options.sessions
+            * options.turns
+            * len(options.workloads),
+            "cache_ttl_s": CACHE_TTL_S,
+        },
+        "published": PUBLISHED,
+        "worlds": results,
+        "cross_world": _cross_world(results),
+        "seconds": {"total": round(time.perf_counter() - started, 2)},
+    }
+
+
+def _cross_world(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each other world's single-turn and saar against the *primary* world's single-turn.
+
+    Not a verdict (policy and baseline then value cost differently); the other world's
+    single-turn row shows how much of such a gap the weights alone make.
+    """
+    if PRIMARY_WORLD not in results:
+        return {}
+    base = results[PRIMARY_WORLD]["policies"]["single-turn"]
+    out: dict[str, dict[str, Any]] = {}
+    for name, world in results.items():
+        if name == PRIMARY_WORLD:
+            continue
+        for policy in ("single-turn", "saar"):
+            row = world["policies"][policy]
+            out[f"{name} {policy}"] = {
+                "switches": row["switches"],
+                "unsafe_switches": row["unsafe_switches"],
+                "cost_reduction": _reduction(row["cost"], base["cost"]),
+                "cost_reduction_upstream": _reduction(row["cost"], base["cost_uncached"]),
+                "quality_delta": round(row["mean_quality"] - base["mean_quality"], 4),
+            }
+    return out
+
+
+def run_world(options: MatrixOptions, world: str) -> dict[str, Any]:
+    """Run every policy over every workload in one world; return its part of the document."""
+    raw = world_config(world)
+    specs = policies(raw)
     quality = _quality_table(specs[0].config)
     per: dict[str, dict[str, PolicyTotals]] = {s.name: {} for s in specs}
     timing: dict[str, float] = {s.name: 0.0 for s in specs}
@@ -531,22 +588,12 @@ def run_matrix(options: MatrixOptions) -> dict[str, Any]:
         for w in options.workloads
     }
     return {
-        "benchmark": "policy-matrix",
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": _machine(),
-        "options": {
-            "seeds": options.seeds,
-            "sessions": options.sessions,
-            "turns": options.turns,
-            "workloads": [asdict(w) for w in options.workloads],
-            "total_turns": single.turns,
-            "cache_ttl_s": CACHE_TTL_S,
-        },
-        "config": MATRIX_CONFIG,
+        "world": world,
+        "description": WORLDS[world],
+        "config": raw,
         "policies": rows,
         "references": references,
         "workloads": workloads,
-        "published": PUBLISHED,
         "target": _target(rows["saar"], options),
         "seconds": {"total": round(elapsed, 2), **{k: round(v, 2) for k, v in timing.items()}},
     }
@@ -624,38 +671,51 @@ def _pct(value: float) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The matrix result as Markdown tables (headline, published rows, per workload)."""
+    """The matrix result as Markdown: a summary, then one section per world (equal format)."""
     opts = doc["options"]
+    worlds: dict[str, dict[str, Any]] = doc["worlds"]
+    published = doc["published"]["saar"]
     lines = [
         "# Policy matrix",
         "",
         f"{doc['date']} · {doc['machine']} · {len(opts['workloads'])} workloads x "
         f"{opts['seeds']} seeds x {opts['sessions']} sessions x {opts['turns']} turns = "
-        f"{opts['total_turns']:,} turns · prefix cache TTL {opts['cache_ttl_s']:.0f} s",
+        f"{opts['total_turns']:,} turns per world · prefix cache TTL {opts['cache_ttl_s']:.0f} s",
         "",
-        "Cost reduction is against single-turn. *shared cache*: every policy, single-turn "
-        "included, pays by the same prefix-cache model. *upstream conv.*: single-turn priced "
-        "without any cache, as the published evaluation did. Quality delta = mean served "
-        "quality - the base selector's; demand quality = quality - 2 x shortfall below the "
-        "turn's latent demand.",
+        f"{len(worlds)} worlds: the same sessions, portfolio, decisions and knobs; only the hybrid "
+        "base selector's weights differ, and with them the single-turn baseline. The published "
+        "evaluation does not state its base selector's weights, and whether a router meets the "
+        "published cost target depends on how the operator weights cost against quality, so "
+        "every world is reported in full:",
         "",
-        "| Policy | Switches | Switch red. | Unsafe (tool / provider) | Cost red. (shared cache)"
-        " | Cost red. (upstream conv.) | Quality delta | Demand quality | Under-served | "
-        "Cache hit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, row in doc["policies"].items():
-        lines.append(_table_row(name, row))
-    for name, row in doc.get("references", {}).items():
-        lines.append(_table_row(f"*reference — {name}*", row))
+    lines += [f"- **{name}**: {world['description']}." for name, world in worlds.items()]
     lines += [
         "",
-        "Reference rows are not routers: they read the generator's ground truth (true topic, "
-        "latent demand, the quality table) and bound what any lock-respecting router can reach "
-        "here. *meets demand*: the cheapest model of the true topic's refs that meets each "
-        "turn's latent demand; *cheapest at X quality*: the cheapest lock-respecting routes "
-        "whose mean served quality equals X (Lagrangian over the quality table); *all small*: "
-        "every turn on the cheapest model (no switch, so no lock can break).",
+        "Cost reduction is against single-turn in the same world. *shared cache*: every policy, "
+        "single-turn included, pays by the same prefix-cache model. *upstream conv.*: "
+        "single-turn priced without any cache, as the published evaluation did. Quality delta = "
+        "mean served quality - the base selector's; demand quality = quality - 2 x shortfall "
+        "below the turn's latent demand.",
+        "",
+        "## Summary: saar vs the published Full SAAR row, per world",
+        "",
+        "| World | Switches | Unsafe | Cost red. (shared cache) | Cost red. (upstream conv.) | "
+        "Quality delta | Pareto-better (upstream conv.) | Pareto-better (shared cache) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, world in worlds.items():
+        saar, target = world["policies"]["saar"], world["target"]
+        lines.append(
+            f"| {name} | {saar['switches']:,} | {saar['unsafe_switches']:,} | "
+            f"{_pct(saar['cost_reduction'])} | {_pct(saar['cost_reduction_upstream'])} | "
+            f"{saar['quality_delta']:+.4f} | "
+            f"{_yes_no(target['pareto_better_upstream_convention'])} | "
+            f"{_yes_no(target['pareto_better_shared_cache'])} |"
+        )
+    lines += [
+        f"| *published Full SAAR* | *{published['switches']:,}* | *{published['unsafe']}* | | "
+        f"*{_pct(published['cost_reduction'])}* | *{published['quality_delta']:+.4f}* | | |",
         "",
         "Published rows (blog, 21,600 turns):",
         "",
@@ -670,8 +730,57 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {name} | {switches} | {red} | {row['unsafe']:,} | "
             f"{_pct(row['cost_reduction'])} | {qd} |"
         )
-    target = doc["target"]
-    lines += ["", "Target (saar vs the published Full SAAR row):", ""]
+    cross = doc.get("cross_world", {})
+    if cross:
+        lines += [
+            "",
+            f"Cross-world, **not a verdict**: rows of another world against the {PRIMARY_WORLD} "
+            "world's single-turn (its cost and its base selector's quality). Policy and baseline "
+            "then value cost differently; each world's single-turn row shows how much of the gap "
+            "the weights alone make, without saar.",
+            "",
+            f"| Row | Switches | Unsafe | Cost red. vs {PRIMARY_WORLD} single-turn (shared / "
+            f"upstream conv.) | Quality delta vs {PRIMARY_WORLD} base selector |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in cross.items():
+            lines.append(
+                f"| {name} | {row['switches']:,} | {row['unsafe_switches']:,} | "
+                f"{_pct(row['cost_reduction'])} / {_pct(row['cost_reduction_upstream'])} | "
+                f"{row['quality_delta']:+.4f} |"
+            )
+    lines += [
+        "",
+        "Reference rows are not routers: they read the generator's ground truth (true topic, "
+        "latent demand, the quality table) and bound what any lock-respecting router can reach "
+        "here. *meets demand*: the cheapest model of the true topic's refs that meets each "
+        "turn's latent demand; *cheapest at X quality*: the cheapest lock-respecting routes "
+        "whose mean served quality equals X (Lagrangian over the quality table); *all small*: "
+        "every turn on the cheapest model (no switch, so no lock can break).",
+        "",
+    ]
+    for name, world in worlds.items():
+        lines += _world_markdown(name, world)
+    return "\n".join(lines)
+
+
+def _world_markdown(name: str, world: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## World: {name}",
+        "",
+        f"{world['description'][:1].upper()}{world['description'][1:]}.",
+        "",
+        "| Policy | Switches | Switch red. | Unsafe (tool / provider) | Cost red. (shared cache)"
+        " | Cost red. (upstream conv.) | Quality delta | Demand quality | Under-served | "
+        "Cache hit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for policy, row in world["policies"].items():
+        lines.append(_table_row(policy, row))
+    for ref, row in world.get("references", {}).items():
+        lines.append(_table_row(f"*reference — {ref}*", row))
+    target = world["target"]
+    lines += ["", f"Target ({name}: saar vs the published Full SAAR row):", ""]
     for check, ok in target["checks"].items():
         lines.append(f"- {'✅' if ok else '❌'} {check.replace('_', ' ')}")
     lines += [
@@ -679,13 +788,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f" shared cache: **{target['pareto_better_shared_cache']}**"
         + ("" if target["comparable_size"] else " (small run: not comparable in size)"),
         "",
-        "## Per workload (saar vs single-turn)",
+        f"### Per workload ({name}: saar vs single-turn)",
         "",
         "| Workload | single-turn switches / unsafe | saar switches / unsafe | "
         "saar cost red. (shared / upstream) | saar quality delta |",
         "|---|---:|---:|---:|---:|",
     ]
-    for workload, rows in doc["workloads"].items():
+    for workload, rows in world["workloads"].items():
         single, saar = rows["single-turn"], rows["saar"]
         lines.append(
             f"| {workload} | {single['switches']:,} / {single['unsafe_switches']:,} | "
@@ -694,7 +803,11 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{saar['quality_delta']:+.4f} |"
         )
     lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _yes_no(ok: bool) -> str:
+    return "✅ yes" if ok else "❌ no"
 
 
 def _table_row(name: str, row: dict[str, Any]) -> str:
@@ -709,13 +822,21 @@ def _table_row(name: str, row: dict[str, Any]) -> str:
 
 
 def write_results(doc: dict[str, Any], out_dir: Path, stem: str = "matrix") -> list[Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and the plots into ``out_dir``."""
+    """Write ``<stem>.json``, ``<stem>.md`` and the plots into ``out_dir``.
+
+    The primary world's plots are ``<stem>-*``; every other world's are ``<stem>-<world>-*``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     md_path = out_dir / f"{stem}.md"
     md_path.write_text(markdown(doc))
-    return [json_path, md_path, *write_matrix_plots(doc, out_dir, stem)]
+    written = [json_path, md_path]
+    for name, world in doc["worlds"].items():
+        plot_stem = stem if name == PRIMARY_WORLD else f"{stem}-{name}"
+        plot_doc = {**world, "published": doc["published"]}
+        written += write_matrix_plots(plot_doc, out_dir, plot_stem, world=name)
+    return written
 
 
 def main_matrix(small: bool, out_dir: Path, stem: str | None = None) -> dict[str, Any]:

@@ -111,8 +111,11 @@ def _head(title: str) -> str:
     )
 
 
-def write_matrix_plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
-    """Switches per policy and the cost/quality plane (with the published rows)."""
+def write_matrix_plots(
+    doc: dict[str, Any], out_dir: Path, stem: str, world: str | None = None
+) -> list[Path]:
+    """Switches per policy and the cost/quality plane (with the published rows) of one world."""
+    suffix = f" ({world} world)" if world else ""
     rows: dict[str, dict[str, Any]] = doc["policies"]
     names = list(rows)
     switches = [float(rows[n]["switches"]) for n in names]
@@ -140,19 +143,19 @@ def write_matrix_plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[Pa
             )
     out = []
     path = out_dir / f"{stem}-switches.svg"
-    path.write_text(bar_svg("Model switches per policy", names, switches))
+    path.write_text(bar_svg(f"Model switches per policy{suffix}", names, switches))
     out.append(path)
     path = out_dir / f"{stem}-pareto.svg"
     path.write_text(
         scatter_svg(
-            "Cost reduction vs quality delta (vs single-turn)",
+            f"Cost reduction vs quality delta (vs single-turn){suffix}",
             points,
             "cost reduction vs single-turn",
             "quality delta vs base selector",
         )
     )
     out.append(path)
-    out += _matplotlib_pngs(out_dir, stem, names, switches, points)
+    out += _matplotlib_pngs(out_dir, stem, names, switches, points, suffix=suffix)
     return out
 
 
@@ -162,6 +165,8 @@ def _matplotlib_pngs(
     names: list[str],
     switches: list[float],
     points: list[tuple[str, float, float]],
+    *,
+    suffix: str = "",
 ) -> list[Path]:
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
@@ -171,7 +176,7 @@ def _matplotlib_pngs(
     plt: Any = importlib.import_module("matplotlib.pyplot")
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(names, switches)
-    ax.set_title("Model switches per policy")
+    ax.set_title(f"Model switches per policy{suffix}")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     bars = out_dir / f"{stem}-switches.png"
