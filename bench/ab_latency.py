@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import statistics
@@ -63,6 +64,15 @@ def _config(tmp: Path, name: str, feature: str, on: bool) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def _cpu_s(stack: LocalStack) -> float:
+    """User + system CPU seconds of the stack's saar process (all threads)."""
+    child = stack.children.get("saar")
+    if child is None or child.process is None:
+        return 0.0
+    fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, sid: str) -> tuple[float, list[float]]:
@@ -135,13 +145,16 @@ async def run(feature: str, rounds: int, small: bool) -> dict[str, Any]:
                         samples = 10 if small else 40
                         ttfb: dict[str, list[float]] = {"on": [], "off": []}
                         gaps: dict[str, list[float]] = {"on": [], "off": []}
+                        cpu = {"on": 0.0, "off": 0.0}
                         for i in range(samples):
                             order = ["on", "off"] if i % 2 == 0 else ["off", "on"]
                             for side in order:
                                 url = f"{sides[side].base_url}/v1/chat/completions"
+                                before = _cpu_s(sides[side])
                                 first, between = await _stream(
                                     session, url, f"{side}-{round_index}-{i}"
                                 )
+                                cpu[side] += _cpu_s(sides[side]) - before
                                 ttfb[side].append(first)
                                 gaps[side].extend(between)
                         for side in ("on", "off"):
@@ -152,6 +165,10 @@ async def run(feature: str, rounds: int, small: bool) -> dict[str, Any]:
                                     "gap_p50_ms": _pct(gaps[side], 0.5),
                                     "gap_p95_ms": _pct(gaps[side], 0.95),
                                     "gap_p99_ms": _pct(gaps[side], 0.99),
+                                    # saar's CPU per streamed answer, and per chunk received
+                                    # (the client's reads: about one per SSE event here).
+                                    "saar_cpu_us_per_stream": 1e6 * cpu[side] / samples,
+                                    "chunks_per_stream": (len(gaps[side]) + samples) / samples,
                                 }
                             )
                     else:
@@ -214,14 +231,24 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"{doc['date']}, {doc['machine']}; median over {doc['rounds']} interleaved rounds.",
         "",
-        "| metric | on (ms) | off (ms) | on / off |",
+        "| metric | on | off | on / off |",
         "|---|---|---|---|",
     ]
+    on_cpu = summary["on"].get("saar_cpu_us_per_stream")
+    off_cpu = summary["off"].get("saar_cpu_us_per_stream")
+    chunks = summary["on"].get("chunks_per_stream")
     for key in summary["on"]:
         lines.append(
             f"| {key} | {summary['on'][key]:.2f} | {summary['off'][key]:.2f} "
             f"| {doc['ratio_on_over_off'][key]:.3f} |"
         )
+    if on_cpu is not None and off_cpu is not None and chunks:
+        lines += [
+            "",
+            f"saar CPU per streamed answer: {on_cpu:,.0f} µs with learning, {off_cpu:,.0f} µs "
+            f"without; {chunks:.1f} chunks per answer, so about "
+            f"**{(on_cpu - off_cpu) / chunks:,.0f} µs of saar CPU per observed chunk**.",
+        ]
     return "\n".join(lines) + "\n"
 
 

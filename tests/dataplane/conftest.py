@@ -117,30 +117,39 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
         config_path = tmp_path / f"saar-{index}.yaml"
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         workdir = tmp_path / f"stack-{index}"
-        local = LocalStack(
-            config_path=config_path,
-            envoy_template=ENVOY,
-            workdir=workdir,
-            ports=StackPorts(
-                listen=free_port(),
-                envoy_admin=free_port(),
-                metrics=free_port(),
-                emulator_offset=(
-                    share_emulator.local.ports.emulator_offset
-                    if share_emulator is not None
-                    else pick_port_offset(pool_ports(raw))
+        # Ports are free when picked but may be taken before Envoy binds them (other suites
+        # share this machine): a start that lost that race retries on fresh ports.
+        for attempt in range(3):
+            local = LocalStack(
+                config_path=config_path,
+                envoy_template=ENVOY,
+                workdir=workdir,
+                ports=StackPorts(
+                    listen=free_port(),
+                    envoy_admin=free_port(),
+                    metrics=free_port(),
+                    emulator_offset=(
+                        share_emulator.local.ports.emulator_offset
+                        if share_emulator is not None
+                        else pick_port_offset(pool_ports(raw))
+                    ),
+                    emulator_control=(
+                        share_emulator.local.ports.emulator_control
+                        if share_emulator is not None
+                        else free_port()
+                    ),
                 ),
-                emulator_control=(
-                    share_emulator.local.ports.emulator_control
-                    if share_emulator is not None
-                    else free_port()
-                ),
-            ),
-            with_saar=with_saar,
-            with_emulator=share_emulator is None,
-        )
+                with_saar=with_saar,
+                with_emulator=share_emulator is None,
+            )
+            try:
+                await local.start()
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                continue
+            break
         started.append(local)
-        await local.start()
         return Stack(local)
 
     yield start
