@@ -5,8 +5,9 @@ does three things only: compare the queue depth with its bound, append the *froz
 ``(Decision, RequestFacts, time)`` tuple to a ``collections.deque`` (``append`` is atomic
 under the GIL) and tick a counter. It never blocks, never raises into the request, and
 **never wakes the writer**: a wake-up per record costs a futex call and a GIL hand-off per
-request, which on a 2-core box halved saar's throughput (bench/results/hotpath.md). When the
-queue is full the record is dropped and counted (``queue_full``).
+request, which cost the event loop ~10% of its throughput in the hot-path benchmark (replay
+on vs off, bench/results/hotpath.md). When the queue is full the record is dropped and
+counted (``queue_full``).
 
 The writer thread sleeps for ``flush_interval_ms``, then drains everything queued in one go:
 it builds the ``ReplayRecord`` s (the trace dict, hashing handles), folds each response that
