@@ -22,13 +22,37 @@ Theory of operation, checked in this order (first match wins):
 
 When memory cannot name an owner (restart, eviction, a model removed by a reload) the lock
 reports ``*_owner_unknown`` instead of pretending; the caller routes the base choice.
+
+**The session's last model** (the fallback of 2-4) is the *pending* model of the key's latest
+routed request when there is one, else the committed model. ``apply_response`` runs off the hot
+path, so a request can be decided before the previous turn's response is learned: after a
+switch A → B, memory still reads committed A, pending B. A tool result, a continuation or
+encrypted reasoning can only exist if a turn answered, and the request builds on the
+conversation's latest assistant message, which is the latest routed turn's: sending it to A
+would be an unsafe switch. When it is not the pending model:
+
+* a failed turn: ``apply_response`` drops ``pending`` on any non-2xx, so the fallback is the
+  committed model again, which is right: the failed turn issued nothing. A retry of a failed
+  tool-result turn also falls back to the committed model, right once the turn that issued the
+  calls is learned; if the failure is learned *before* that turn's success (out of order), the
+  retry goes to the older model: memory no longer names the pending one, and closing that needs
+  ``decide`` to remember the inferred owner of the call ids, not the lock;
+* a ``previous_response_id`` already in ``response_ids`` was minted by a learned turn, not by
+  the unlearned pending one: the committed model is kept;
+* scope ``session``: several conversations share one key and memory does not record which
+  conversation the pending request belongs to, so the latest pending turn may be another
+  conversation's; the fallback stays committed-first (``SessionState.current``), as before.
+
+The reasons stay ``tool_loop_last_model`` / ``provider_state_*``: the owner is still inferred.
+A backend-pinned continuation of a pending turn that was itself routed by a response pin keeps
+that turn's affinity key (``pending_affinity``): only that replica holds the response.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saar.policy.config import PhysicalModel, PolicyConfig, SessionAwareKnobs
+from saar.policy.config import PhysicalModel, PolicyConfig, Scope, SessionAwareKnobs
 from saar.policy.facts import Pin, RequestFacts
 from saar.policy.reasons import Phase, Reason
 from saar.policy.session import SessionState
@@ -54,6 +78,22 @@ def _known(config: PolicyConfig, key: str | None) -> PhysicalModel | None:
     return config.physical_models.get(key)
 
 
+def _last_model(
+    state: SessionState, facts: RequestFacts, config: PolicyConfig
+) -> tuple[str | None, str | None]:
+    """The session's last model and the affinity key it was routed with (``None`` = own).
+
+    The pending model of the latest routed request, unless the facts cannot tie the request to
+    it (module docstring): then the committed model, else the pending one (``current``).
+    """
+    learned = facts.previous_response_id is not None and (
+        facts.previous_response_id in state.response_ids
+    )
+    if state.pending is not None and config.learning.scope is Scope.CONVERSATION and not learned:
+        return state.pending, state.pending_affinity
+    return state.current, None
+
+
 def find_lock(
     state: SessionState | None,
     facts: RequestFacts,
@@ -71,7 +111,7 @@ def find_lock(
                 facts.response_pin.affinity_key,
                 Phase.PROVIDER_STATE,
             )
-    current = state.current if state is not None else None
+    last, affinity = _last_model(state, facts, config) if state is not None else (None, None)
     if knobs.tool_loop_hard_lock and facts.in_tool_loop:
         if state is not None:
             issued = state.owner_of(facts.tool_result_ids + facts.pending_tool_call_ids)
@@ -81,15 +121,16 @@ def find_lock(
                 owner = _known(config, issued)
                 reason = Reason.TOOL_LOOP if owner is not None else Reason.TOOL_LOOP_OWNER_UNKNOWN
                 return Lock(reason, owner, None, Phase.TOOL_LOOP)
-            owner = _known(config, current)
+            owner = _known(config, last)
             if owner is not None:
                 return Lock(Reason.TOOL_LOOP_LAST_MODEL, owner, None, Phase.TOOL_LOOP)
         return Lock(Reason.TOOL_LOOP_OWNER_UNKNOWN, None, None, Phase.TOOL_LOOP)
     if portability and facts.provider_state:
         backend = any(p.pin is Pin.BACKEND for p in facts.provider_state)
-        owner = _known(config, current)
+        owner = _known(config, last)
         if owner is None:
             return Lock(Reason.PROVIDER_STATE_OWNER_UNKNOWN, None, None, Phase.PROVIDER_STATE)
-        reason = Reason.PROVIDER_STATE_LAST_MODEL if backend else Reason.PROVIDER_STATE_MODEL
-        return Lock(reason, owner, None, Phase.PROVIDER_STATE)
+        if backend:
+            return Lock(Reason.PROVIDER_STATE_LAST_MODEL, owner, affinity, Phase.PROVIDER_STATE)
+        return Lock(Reason.PROVIDER_STATE_MODEL, owner, None, Phase.PROVIDER_STATE)
     return None

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from policy_builders import FRONTIER, MEDIUM_H100, MEDIUM_MI300, SMALL, facts, make_config, on_model
+import pytest
+from policy_builders import (
+    FRONTIER,
+    MEDIUM_H100,
+    MEDIUM_MI300,
+    SMALL,
+    UP_REFS,
+    facts,
+    make_config,
+    on_model,
+)
 
 from saar.policy import (
     Action,
     BackendPin,
+    LearningConfig,
     Phase,
     Pin,
+    PolicyConfig,
     ProviderState,
     Reason,
     ResponseFacts,
+    Scope,
     SessionAwareKnobs,
+    SessionState,
     apply_response,
     decide,
 )
@@ -120,6 +134,91 @@ def test_tool_loop_without_recorded_ids_uses_last_model() -> None:
     )
 
 
+def _switched(config: PolicyConfig | None = None) -> tuple[PolicyConfig, SessionState]:
+    """A session committed on MEDIUM_MI300 whose new user turn (req-1) switched to FRONTIER.
+
+    The switch's response is not learned yet (``apply_response`` runs off the hot path), so
+    memory reads committed = the old model, pending = the new one.
+    """
+    config = config if config is not None else make_config(general_refs=UP_REFS)
+    decision, state = decide(on_model(MEDIUM_MI300), facts("hello"), config, 1000.0)
+    assert (Action.SWITCH, FRONTIER) == (decision.action, decision.target.key)
+    assert state is not None
+    assert (MEDIUM_MI300, FRONTIER, "req-1") == (
+        state.committed,
+        state.pending,
+        state.pending_request,
+    )
+    return config, state
+
+
+def test_tool_result_before_the_switch_is_learned_goes_to_the_new_model() -> None:
+    """The race of design 0004: a tool result for calls the switched-to model issued, decided
+    before that turn's response is learned, goes to the new model, not back to the old one.
+
+    A tool result proves the turn that issued the calls answered, and trailing tool results
+    answer the conversation's latest assistant message: the pending turn's.
+    """
+    config, state = _switched()
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    decision, new_state = decide(state, result, config, 1001.0)
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP_LAST_MODEL, Phase.TOOL_LOOP, FRONTIER) == (
+        decision.action,
+        decision.reason,
+        decision.phase,
+        decision.target.key,
+    )
+    # The switch's response, learned late, still commits the new model (and counts the switch).
+    assert new_state is not None
+    late = apply_response(new_state, ResponseFacts("req-1", 200, physical=FRONTIER), config, 1002.0)
+    assert late is not None
+    assert (FRONTIER, FRONTIER, 1) == (late.committed, late.pending, late.switch_count)
+
+
+def test_dangling_call_before_the_switch_is_learned_goes_to_the_new_model() -> None:
+    """Unanswered calls (pending_tool_call_ids) of the unlearned turn lock to it as well."""
+    config, state = _switched()
+    dangling = facts("hm", request_id="req-2", pending_tool_call_ids=("call-x",))
+    decision, _ = decide(state, dangling, config, 1001.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, FRONTIER) == (decision.reason, decision.target.key)
+
+
+def test_tool_loop_after_a_failed_switch_falls_back_to_the_committed_model() -> None:
+    """A 5xx drops the pending model: the failed turn issued nothing, the last model that
+    answered is the committed one again."""
+    config, state = _switched()
+    failed = apply_response(state, ResponseFacts("req-1", 503, physical=FRONTIER), config, 1001.0)
+    assert failed is not None
+    assert (MEDIUM_MI300, None) == (failed.committed, failed.pending)
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    decision, _ = decide(failed, result, config, 1002.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, MEDIUM_MI300) == (decision.reason, decision.target.key)
+
+
+def test_retried_tool_result_after_the_switch_is_learned_stays_on_the_new_model() -> None:
+    """Tool result locked to the pending model, switch learned, tool result 503: the retry
+    falls back to the committed model, which is now the new one."""
+    config, state = _switched()
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    _, locked = decide(state, result, config, 1001.0)
+    learned = apply_response(locked, ResponseFacts("req-1", 200, physical=FRONTIER), config, 1002.0)
+    failed = apply_response(learned, ResponseFacts("req-2", 503, physical=FRONTIER), config, 1003.0)
+    assert failed is not None
+    assert (FRONTIER, None) == (failed.committed, failed.pending)
+    retry, _ = decide(failed, replace(result, request_id="req-3"), config, 1004.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, FRONTIER) == (retry.reason, retry.target.key)
+
+
+def test_session_scope_keeps_the_committed_fallback() -> None:
+    """Under scope session several conversations share one memory key: the pending turn may
+    belong to another conversation, so the fallback stays the committed model."""
+    config = make_config(general_refs=UP_REFS, learning=LearningConfig(scope=Scope.SESSION))
+    config, state = _switched(config)
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    decision, _ = decide(state, result, config, 1001.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, MEDIUM_MI300) == (decision.reason, decision.target.key)
+
+
 def test_tool_loop_with_lost_memory_says_owner_unknown() -> None:
     """With no memory the owner cannot be named: baseline with tool_loop_owner_unknown."""
     decision, state = decide(None, facts("ok", tool_result_ids=("call-1",)), make_config(), 1000.0)
@@ -180,6 +279,65 @@ def test_backend_state_without_pin_keeps_last_model() -> None:
         decision.reason,
         decision.target.key,
         decision.affinity_key,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state_kind", "reason"),
+    [(PREVIOUS, Reason.PROVIDER_STATE_LAST_MODEL), (REASONING, Reason.PROVIDER_STATE_MODEL)],
+)
+def test_provider_state_before_the_switch_is_learned_goes_to_the_new_model(
+    state_kind: tuple[ProviderState, ...], reason: Reason
+) -> None:
+    """The same race for provider state: a continuation of the unlearned switch's response
+    (not in the response index yet) or its encrypted reasoning goes to the new model."""
+    config, state = _switched()
+    request = facts(
+        "continue",
+        request_id="req-2",
+        provider_state=state_kind,
+        previous_response_id="resp-new" if state_kind is PREVIOUS else None,
+    )
+    decision, _ = decide(state, request, config, 1001.0)
+    assert (Action.HARD_LOCK, reason, FRONTIER, "ak-test") == (
+        decision.action,
+        decision.reason,
+        decision.target.key,
+        decision.affinity_key,
+    )
+
+
+def test_unlearned_pinned_turn_keeps_its_affinity_key_for_a_continuation() -> None:
+    """The unlearned turn was routed by a response pin to another replica: a continuation of
+    its response needs that replica (it holds the stored response), not the session's key."""
+    config = make_config()
+    pin = BackendPin(MEDIUM_H100, "ak-other-conversation")
+    pinned = facts("go", provider_state=PREVIOUS, previous_response_id="resp-0", response_pin=pin)
+    _, state = decide(on_model(MEDIUM_MI300), pinned, config, 1000.0)
+    assert state is not None
+    request = facts(
+        "continue", request_id="req-2", provider_state=PREVIOUS, previous_response_id="resp-1"
+    )
+    decision, _ = decide(state, request, config, 1001.0)
+    assert (Reason.PROVIDER_STATE_LAST_MODEL, MEDIUM_H100, "ak-other-conversation") == (
+        decision.reason,
+        decision.target.key,
+        decision.affinity_key,
+    )
+
+
+def test_continuation_of_a_learned_response_keeps_the_committed_model() -> None:
+    """A previous_response_id that memory already learned was minted by an answered turn, not
+    by the unlearned pending one: the fallback stays the committed model."""
+    config, state = _switched()
+    state = replace(state, response_ids=("resp-old",))
+    request = facts(
+        "continue", request_id="req-2", provider_state=PREVIOUS, previous_response_id="resp-old"
+    )
+    decision, _ = decide(state, request, config, 1001.0)
+    assert (Reason.PROVIDER_STATE_LAST_MODEL, MEDIUM_MI300) == (
+        decision.reason,
+        decision.target.key,
     )
 
 

@@ -145,21 +145,30 @@ def test_codec_round_trips(state: SessionState) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(states(), TEXT, KNOBS, PHYSICAL, st.floats(1000, 100_000))
-def test_backend_state_without_pin_keeps_the_current_model(
-    state: SessionState, text: str, knobs: SessionAwareKnobs, committed: str, now: float
+@given(states(), TEXT, KNOBS, PHYSICAL, st.floats(1000, 100_000), st.sampled_from(["r", "r-new"]))
+def test_backend_state_without_pin_keeps_the_last_model(
+    state: SessionState,
+    text: str,
+    knobs: SessionAwareKnobs,
+    committed: str,
+    now: float,
+    previous: str,
 ) -> None:
-    """Backend-pinned state not in the index stays on the session's model and affinity key."""
+    """Backend-pinned state not in the index stays on the session's last model and affinity
+    key: the pending turn's (it may have minted the response, not learned yet), unless the id
+    was already learned; else the committed model (locks.py)."""
     state = SessionState(
         **{**{f: getattr(state, f) for f in state.__slots__}, "committed": committed}
     )
     request = facts(
         text,
         provider_state=(ProviderState("previous_response_id", Pin.BACKEND),),
-        previous_response_id="r",
+        previous_response_id=previous,
     )
     decision, _ = decide(state, request, make_config(knobs=knobs), now)
-    assert (Action.HARD_LOCK, committed, state.affinity_key) == (
+    pending = state.pending is not None and previous not in state.response_ids
+    expected = state.pending if pending else committed
+    assert (Action.HARD_LOCK, expected, state.affinity_key) == (
         decision.action,
         decision.target.key,
         decision.affinity_key,
