@@ -434,8 +434,18 @@ def _session(
         proposed=proposed,
         protected_key=key,
     )
+    # An owner inferred from the session's last model is remembered against the call ids, so a
+    # retry after a failure learned before the issuing turn's success still finds it (locks.py).
+    inferred = lock_owner if reason is Reason.TOOL_LOOP_LAST_MODEL else None
     new_state = _remember(
-        mem=mem, facts=facts, spec=spec, phase=phase, target=target, affinity=affinity, now=now
+        mem=mem,
+        facts=facts,
+        spec=spec,
+        phase=phase,
+        target=target,
+        affinity=affinity,
+        now=now,
+        inferred=inferred,
     )
     return decision, new_state
 
@@ -453,14 +463,21 @@ def _remember(
     target: PhysicalModel,
     affinity: str,
     now: float,
+    inferred: str | None = None,
 ) -> SessionState:
     open_calls = mem.open_calls
     answering: tuple[str, ...] = ()
+    if inferred is not None:
+        # The lock inferred the owner (no id was in memory): record it like an observed call,
+        # answered ids closing on this request's 2xx, dangling ones staying open.
+        ids = dict.fromkeys(facts.tool_result_ids + facts.pending_tool_call_ids)
+        open_calls = (*open_calls, *((cid, inferred) for cid in ids))[-MAX_OPEN_CALLS:]
     if open_calls:
         if facts.in_tool_loop:
             # Closed when this request's response succeeds (apply_response), not now: a 5xx
-            # retry of the same tool results must still find who issued the calls.
-            answering = facts.tool_result_ids
+            # retry of the same tool results must still find who issued the calls. Capped as
+            # the codec caps it on decode: a hostile client cannot grow the record.
+            answering = facts.tool_result_ids[-MAX_OPEN_CALLS:]
         else:
             # A plain user turn closes the exchange: nothing can still be waiting for a result.
             open_calls = ()
@@ -555,7 +572,10 @@ def apply_response(
             open_calls = tuple(pair for pair in open_calls if pair[0] not in closed)
             answering = ()
         if response.tool_call_ids:
-            open_calls = (*open_calls, *((cid, served) for cid in response.tool_call_ids))[
+            # An observed owner replaces one ``decide`` inferred for the same id.
+            issued = set(response.tool_call_ids)
+            kept = (pair for pair in open_calls if pair[0] not in issued)
+            open_calls = (*kept, *((cid, served) for cid in response.tool_call_ids))[
                 -MAX_OPEN_CALLS:
             ]
         response_ids = state.response_ids

@@ -33,17 +33,20 @@ would be an unsafe switch. When it is not the pending model:
 
 * a failed turn: ``apply_response`` drops ``pending`` on any non-2xx, so the fallback is the
   committed model again, which is right: the failed turn issued nothing. A retry of a failed
-  tool-result turn also falls back to the committed model, right once the turn that issued the
-  calls is learned; if the failure is learned *before* that turn's success (out of order), the
-  retry goes to the older model: memory no longer names the pending one, and closing that needs
-  ``decide`` to remember the inferred owner of the call ids, not the lock;
+  tool-result turn does not need the fallback: when this lock inferred the owner
+  (``tool_loop_last_model``), ``decide`` recorded it against the request's call ids in
+  ``open_calls``, so the retry finds it by id (reason ``tool_loop``) even when the failure is
+  learned *before* the success of the turn that issued the calls (out of order) and memory no
+  longer names the pending model; a response body observed later replaces the inferred entry;
 * a ``previous_response_id`` already in ``response_ids`` was minted by a learned turn, not by
   the unlearned pending one: the committed model is kept;
 * scope ``session``: several conversations share one key and memory does not record which
   conversation the pending request belongs to, so the latest pending turn may be another
   conversation's; the fallback stays committed-first (``SessionState.current``), as before.
 
-The reasons stay ``tool_loop_last_model`` / ``provider_state_*``: the owner is still inferred.
+The reasons stay ``tool_loop_last_model`` / ``provider_state_*``: the owner is still inferred
+(a retry that finds a recorded inferred owner by id reports ``tool_loop``; the inference shows
+in the trace of the turn that made it).
 A backend-pinned continuation of a pending turn that was itself routed by a response pin keeps
 that turn's affinity key (``pending_affinity``): only that replica holds the response.
 """

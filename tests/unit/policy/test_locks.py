@@ -197,7 +197,7 @@ def test_tool_loop_after_a_failed_switch_falls_back_to_the_committed_model() -> 
 
 def test_retried_tool_result_after_the_switch_is_learned_stays_on_the_new_model() -> None:
     """Tool result locked to the pending model, switch learned, tool result 503: the retry
-    falls back to the committed model, which is now the new one."""
+    stays on the new model, found by the call id decide remembered (reason tool_loop)."""
     config, state = _switched()
     result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
     _, locked = decide(state, result, config, 1001.0)
@@ -206,7 +206,78 @@ def test_retried_tool_result_after_the_switch_is_learned_stays_on_the_new_model(
     assert failed is not None
     assert (FRONTIER, None) == (failed.committed, failed.pending)
     retry, _ = decide(failed, replace(result, request_id="req-3"), config, 1004.0)
-    assert (Reason.TOOL_LOOP_LAST_MODEL, FRONTIER) == (retry.reason, retry.target.key)
+    assert (Reason.TOOL_LOOP, FRONTIER) == (retry.reason, retry.target.key)
+
+
+@pytest.mark.parametrize("switch_learned", ["never", "after_the_retry", "before_the_retry"])
+def test_retried_tool_result_failed_before_the_switch_is_learned_stays_on_the_new_model(
+    switch_learned: str,
+) -> None:
+    """Out-of-order learning: the tool-result turn (locked to the pending model by inference)
+    fails, and its 503 is learned before the switch's 200, or the 200 never is. The 503 drops
+    ``pending``, but decide remembered the inferred owner against the call ids: the retry still
+    goes to the new model, by id (reason tool_loop), not back to the old committed one."""
+    config, state = _switched()
+    switch_ok = ResponseFacts("req-1", 200, physical=FRONTIER)
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    decision, locked = decide(state, result, config, 1001.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, FRONTIER) == (decision.reason, decision.target.key)
+    assert locked is not None
+    assert ((("call-x", FRONTIER),), ("call-x",)) == (locked.open_calls, locked.answering)
+    failed = apply_response(locked, ResponseFacts("req-2", 503, physical=FRONTIER), config, 1002.0)
+    if switch_learned == "before_the_retry":
+        failed = apply_response(failed, switch_ok, config, 1003.0)
+    assert failed is not None
+    assert (("call-x", FRONTIER),) == failed.open_calls
+    retry, retried = decide(failed, replace(result, request_id="req-3"), config, 1004.0)
+    assert (Action.HARD_LOCK, Reason.TOOL_LOOP, FRONTIER) == (
+        retry.action,
+        retry.reason,
+        retry.target.key,
+    )
+    if switch_learned == "after_the_retry":
+        retried = apply_response(retried, switch_ok, config, 1004.5)
+        assert retried is not None
+        assert (FRONTIER, FRONTIER, "req-3") == (
+            retried.committed,
+            retried.pending,
+            retried.pending_request,
+        )
+    # The retry's success closes the call: the inferred entry does not outlive the exchange.
+    ok = apply_response(retried, ResponseFacts("req-3", 200, physical=FRONTIER), config, 1005.0)
+    assert ok is not None
+    assert ((), (), FRONTIER) == (ok.open_calls, ok.answering, ok.committed)
+
+
+def test_inferred_tool_owner_closes_on_success_and_keeps_dangling_calls_open() -> None:
+    """Inferred owners go through the same open/answering bookkeeping as observed ones: the
+    answered ids close on the 2xx, ids the request still leaves unanswered stay open."""
+    config, state = _switched()
+    request = facts(
+        "ok", request_id="req-2", tool_result_ids=("call-a",), pending_tool_call_ids=("call-b",)
+    )
+    decision, locked = decide(state, request, config, 1001.0)
+    assert (Reason.TOOL_LOOP_LAST_MODEL, FRONTIER) == (decision.reason, decision.target.key)
+    assert locked is not None
+    ok = apply_response(locked, ResponseFacts("req-2", 200, physical=FRONTIER), config, 1002.0)
+    assert ok is not None
+    assert ((("call-b", FRONTIER),), ()) == (ok.open_calls, ok.answering)
+
+
+def test_observed_tool_call_owner_replaces_an_inferred_one() -> None:
+    """The issuing turn's response, learned late, names the owner it observed: it replaces
+    the inferred entry for the same call id instead of sitting behind it."""
+    config, state = _switched()
+    result = facts("ok", request_id="req-2", tool_result_ids=("call-x",))
+    _, locked = decide(state, result, config, 1001.0)
+    late = apply_response(
+        locked,
+        ResponseFacts("req-1", 200, physical=MEDIUM_H100, tool_call_ids=("call-x",)),
+        config,
+        1002.0,
+    )
+    assert late is not None
+    assert (("call-x", MEDIUM_H100),) == late.open_calls
 
 
 def test_session_scope_keeps_the_committed_fallback() -> None:
