@@ -39,7 +39,8 @@ class MetricsStoreObserver:
 
     def on_operation(self, store: str, op: str, seconds: float, outcome: str) -> None:
         """Record one store operation's latency and outcome."""
-        self._metrics.store_seconds.labels(store=store, op=op, outcome=outcome).observe(seconds)
+        metrics = self._metrics
+        metrics.child(metrics.store_seconds, store, op, outcome).observe(seconds)
 
     def on_fallback(self, reason: str) -> None:
         """Count a fallback (the shared store was slow or down) and say so in the log."""

@@ -170,7 +170,8 @@ class Router:
         """Learn from the response status off the hot path (never delays the response)."""
         pool = decision.target.pool
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
-        self._metrics.responses.labels(pool=pool, status_class=status_class).inc()
+        metrics = self._metrics
+        metrics.child(metrics.responses, pool, status_class).inc()
         response = ResponseFacts(
             request_id=decision.replay_id,
             status=status,
@@ -240,12 +241,13 @@ class Router:
     def _record(self, decision: Decision, facts: RequestFacts, latency_s: float) -> None:
         metrics = self._metrics
         target = decision.target
-        metrics.routed.labels(model=target.model, pool=target.pool).inc()
-        metrics.decisions.labels(
-            decision=decision.decision_name,
-            action=decision.action.value,
-            reason=decision.reason,
-            mode=decision.mode.value,
+        metrics.child(metrics.routed, target.model, target.pool).inc()
+        metrics.child(
+            metrics.decisions,
+            decision.decision_name,
+            decision.action.value,
+            decision.reason,
+            decision.mode.value,
         ).inc()
         if self._recorder is not None:
             try:

@@ -10,6 +10,7 @@ generated from ``Metrics.describe()``; never document a metric by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -45,12 +46,16 @@ class MetricInfo:
     help: str
 
 
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
 class Metrics:
     """All of saar's Prometheus series, in one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._message_children: dict[str, Histogram] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry
         self.decisions = Counter(
             "saar_decisions_total",
@@ -186,6 +191,19 @@ class Metrics:
             ["task"],
             registry=r,
         )
+
+    def child(self, metric: _M, *values: str) -> _M:
+        """``metric.labels(*values)``, cached per label tuple for the per-request series.
+
+        ``labels()`` validates and takes a lock on every call; the label values of the hot
+        series come from the config (models, pools, decisions, reasons), so the cache is
+        bounded by the config, not by traffic.
+        """
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
 
     def message_seconds_for(self, phase: str) -> Histogram:
         """The message-latency child for ``phase``, cached: ``labels()`` is a locked lookup."""
