@@ -21,38 +21,31 @@ import asyncio
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+from saar.extproc import responses
 
 __all__ = ["NullProcessor", "main"]
 
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _CLUSTER = "pool_mi300_small"
+_CONTRACT = (("x-vsr-selected-model", "m"),)
 
-
-def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=_OVERWRITE
-    )
-
-
-_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
-_RESPONSE_HEADERS = ep.ProcessingResponse(
-    response_headers=ep.HeadersResponse(
-        response=ep.CommonResponse(
-            header_mutation=ep.HeaderMutation(set_headers=[_header("x-vsr-selected-model", "m")])
-        )
-    )
-)
-_OTHER = ep.ProcessingResponse(response_body=ep.BodyResponse())
+# The same builders saar uses (saar.extproc.responses), so the floor's messages are saar's.
+_REQUEST_HEADERS = responses.continue_request_headers()
+_RESPONSE_HEADERS = responses.response_headers(_CONTRACT)
+_OTHER = responses.continue_response_body()
 
 
 class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Answers every message with the cheapest response of the same shape as saar's."""
 
     def __init__(self, *, two_messages: bool = False) -> None:
-        self._contract = (_header("x-vsr-selected-model", "m"),) if two_messages else ()
+        # 2-message shape: the contract header rides on the request for the route to copy.
+        self._contract = (
+            _RESPONSE_HEADERS.response_headers.response.header_mutation.set_headers
+            if two_messages
+            else ()
+        )
 
     async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """One stream: read, answer, until Envoy closes it."""
@@ -64,23 +57,12 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if kind == "request_headers":
                 await context.write(_REQUEST_HEADERS)
             elif kind == "request_body":
-                body = message.request_body.body
-                mutation = ep.HeaderMutation(
-                    set_headers=[
-                        _header("x-saar-cluster", _CLUSTER),
-                        _header("x-saar-affinity-key", "floor"),
-                        _header("content-length", str(len(body))),
-                        *self._contract,
-                    ]
+                reply = responses.route_request_body(
+                    cluster=_CLUSTER, affinity_key="floor", body=message.request_body.body
                 )
-                common = ep.CommonResponse(
-                    header_mutation=mutation,
-                    body_mutation=ep.BodyMutation(body=body),
-                    clear_route_cache=True,
-                )
-                await context.write(
-                    ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
-                )
+                if self._contract:
+                    reply.request_body.response.header_mutation.set_headers.extend(self._contract)
+                await context.write(reply)
             elif kind == "response_headers":
                 await context.write(_RESPONSE_HEADERS)
             else:
