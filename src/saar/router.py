@@ -7,7 +7,11 @@ cycle re-runs on the fresh state. Two concurrent turns of one session therefore 
 an update and never pick two different models for one tool loop.
 
 The response path (``observe_response``) runs off the hot path: the ext_proc answer never
-waits for it. Its work is tracked so a draining server can finish it before exiting.
+waits for it. Its work is tracked so a draining server can finish it before exiting. Under
+``server.response_path: access_log`` a routed request's decision waits in a bounded,
+insertion-ordered map (``await_log``) until Envoy's batched access log reports the response
+(``observe_logged``); entries older than ``access_log_pending_seconds`` or beyond
+``access_log_pending_max`` are dropped and counted, never kept without bound.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Protocol
@@ -77,6 +82,11 @@ class Router:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._recorder = recorder
+        # replay id -> (decision, monotonic time routed); insertion order is time order.
+        self._awaiting: OrderedDict[str, tuple[Decision, float]] = OrderedDict()
+        # Read at scrape time: no per-request cost.
+        metrics.access_log_pending.set_function(lambda: len(self._awaiting))
+        self._expiry_logged_at = -60.0
 
     @property
     def settings(self) -> Settings:
@@ -164,9 +174,48 @@ class Router:
         """The ``x-vsr-*`` response headers for ``decision``."""
         return policy.response_headers(decision)
 
-    def observe_response(
-        self, decision: Decision, facts: RequestFacts, *, status: int, served_by: str | None
-    ) -> None:
+    def await_log(self, decision: Decision) -> None:
+        """Keep ``decision`` until Envoy's access log reports its response (``observe_logged``)."""
+        awaiting = self._awaiting
+        now = time.monotonic()
+        awaiting[decision.replay_id] = (decision, now)
+        server = self._settings.server
+        if len(awaiting) > server.access_log_pending_max:
+            awaiting.popitem(last=False)
+            self._metrics.child(self._metrics.access_log_expired, "overflow").inc()
+        # The oldest entry is first: one look per request keeps the map within its age bound.
+        oldest = next(iter(awaiting.values()))[1]
+        if now - oldest > server.access_log_pending_seconds:
+            self._expire(now, now - server.access_log_pending_seconds)
+
+    def _expire(self, now: float, cutoff: float) -> None:
+        awaiting = self._awaiting
+        expired = 0
+        while awaiting and next(iter(awaiting.values()))[1] < cutoff:
+            awaiting.popitem(last=False)
+            expired += 1
+        self._metrics.child(self._metrics.access_log_expired, "age").inc(expired)
+        if now - self._expiry_logged_at < 60.0:
+            return  # A misconfigured Envoy would otherwise log once per request.
+        self._expiry_logged_at = now
+        _log.warning(
+            "access_log_entries_missing",
+            expired=expired,
+            hint="is Envoy's saar access logger configured (docs/design/0004)?",
+        )
+
+    def observe_logged(self, replay_id: str, *, status: int, served_by: str | None) -> bool:
+        """Learn from one access-log entry; False if no routed request awaits ``replay_id``."""
+        entry = self._awaiting.pop(replay_id, None)
+        metrics = self._metrics
+        if entry is None:
+            metrics.child(metrics.access_log_entries, "unknown").inc()
+            return False
+        metrics.child(metrics.access_log_entries, "matched").inc()
+        self.observe_response(entry[0], status=status, served_by=served_by)
+        return True
+
+    def observe_response(self, decision: Decision, *, status: int, served_by: str | None) -> None:
         """Learn from the response status off the hot path (never delays the response)."""
         pool = decision.target.pool
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"

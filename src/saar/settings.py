@@ -86,7 +86,19 @@ class ServerSettings:
     """How long a draining saar waits for in-flight streams after SIGTERM."""
     learn_from_response_bodies: bool = True
     """Stream 2xx response bodies through saar (never altered) to learn tool calls, response
-    ids and cached tokens; off, saar learns only from statuses and the next request."""
+    ids and cached tokens; off, saar learns only from statuses and the next request. Under
+    ``response_path: access_log`` only Responses API bodies are observed, up to their id."""
+    response_path: str = "access_log"
+    """Where the response path learns from (docs/design/0004). ``access_log``: Chat and
+    Messages requests cost two ext_proc messages; the route copies the contract headers and
+    status and served-by arrive batched on Envoy's gRPC access log; Responses API streams are
+    released once their id is seen. ``stream``: every response's headers come back on the
+    ext_proc stream and 2xx bodies are observed to the end (tool call ids, usage)."""
+    access_log_pending_max: int = 100_000
+    """How many routed requests may await their access-log entry (oldest dropped beyond)."""
+    access_log_pending_seconds: float = 900.0
+    """How long a routed request awaits its access-log entry (longer than the route timeout:
+    the entry is written when the response ends)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +248,9 @@ _SERVER = frozenset(
         "hash_identities_in_logs",
         "drain_seconds",
         "learn_from_response_bodies",
+        "response_path",
+        "access_log_pending_max",
+        "access_log_pending_seconds",
     }
 )
 _STATE = frozenset(
@@ -488,7 +503,24 @@ def _parse_server(node: _Node, pools: Mapping[str, Pool]) -> ServerSettings:
         hash_identities_in_logs=node.child("hash_identities_in_logs").boolean(True),
         drain_seconds=node.child("drain_seconds").number(default=20.0, low=0.0, high=3600.0),
         learn_from_response_bodies=node.child("learn_from_response_bodies").boolean(True),
+        response_path=_response_path(node.child("response_path")),
+        access_log_pending_max=node.child("access_log_pending_max").integer(
+            default=100_000, low=1_000, high=10_000_000
+        ),
+        access_log_pending_seconds=node.child("access_log_pending_seconds").number(
+            default=900.0, low=10.0, high=86_400.0
+        ),
     )
+
+
+_RESPONSE_PATHS = ("access_log", "stream")
+
+
+def _response_path(node: _Node) -> str:
+    value = node.string(default="access_log")
+    if value not in _RESPONSE_PATHS:
+        raise node.fail(f"must be one of {', '.join(_RESPONSE_PATHS)}, got {value!r}")
+    return value
 
 
 def _check_address(node: _Node) -> None:

@@ -66,9 +66,26 @@ class Agent:
         return await self.send()
 
 
-async def test_agent_session_holds_stays_and_reselects(make_stack: StackFactory) -> None:
+@pytest.mark.parametrize(
+    ("response_path", "owner_reason"),
+    [
+        # The default: the body is not observed, so the call's owner is the model router
+        # memory recorded for the turn that produced the calls.
+        ("access_log", "tool_loop_last_model"),
+        # Bodies observed to the end: the owner is known by call id.
+        ("stream", "tool_loop"),
+    ],
+)
+async def test_agent_session_holds_stays_and_reselects(
+    make_stack: StackFactory, response_path: str, owner_reason: str
+) -> None:
     """Tool results are held on the issuing replica, "continue" stays, idle/drift reselect."""
-    stack = await make_stack(short_idle)
+
+    def edit(raw: dict[str, Any]) -> None:
+        short_idle(raw)
+        raw.setdefault("server", {})["response_path"] = response_path
+
+    stack = await make_stack(edit)
     headers = {"x-session-id": "agent-1", "x-conversation-id": "run-1"}
     async with openai.AsyncOpenAI(
         base_url=f"{stack.base_url}/v1", api_key="x", default_headers=headers, max_retries=0
@@ -95,9 +112,8 @@ async def test_agent_session_holds_stays_and_reselects(make_stack: StackFactory)
         "reselect",
         "reselect",
     ] == actions
-    # The owner of each call is known from the response that emitted it.
-    assert ("hard_lock", "tool_loop") == agent.verdicts[1]
-    assert ("hard_lock", "tool_loop") == agent.verdicts[3]
+    assert ("hard_lock", owner_reason) == agent.verdicts[1]
+    assert ("hard_lock", owner_reason) == agent.verdicts[3]
     assert ("reselect", "idle_reset") == agent.verdicts[5]
     assert ("reselect", "decision_drift") == agent.verdicts[6]
 

@@ -60,8 +60,19 @@ async def test_metrics_move_as_the_decisions_say(make_stack: StackFactory) -> No
     routed = samples(stack.metrics_text(), "saar_routed_requests_total")
     assert 4 == sum(routed.values())
     message_counts = samples(stack.metrics_text(), "saar_extproc_message_seconds_count")
+    assert 4 == message_counts['{phase="request_headers"}']
     assert 4 == message_counts['{phase="request_body"}']
-    assert 4 == message_counts['{phase="response_headers"}']
+    # Chat calls cost two messages (docs/design/0004): the responses arrive on the access log.
+    assert '{phase="response_headers"}' not in message_counts
+    matched: dict[str, float] = {}
+    for _ in range(40):  # Envoy flushes its access-log batch every 100 ms
+        matched = samples(stack.metrics_text(), "saar_access_log_entries_total")
+        if matched.get('{outcome="matched"}') == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert {'{outcome="matched"}': 4.0} == matched
+    responses = samples(stack.metrics_text(), "saar_upstream_responses_total")
+    assert 4 == sum(v for labels, v in responses.items() if 'status_class="2xx"' in labels)
 
 
 def slow_pools(raw: dict[str, Any]) -> None:

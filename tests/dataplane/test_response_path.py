@@ -1,4 +1,10 @@
-"""The response path through real Envoy: saar learns tool calls, response ids and usage."""
+"""The response path through real Envoy: statuses from the access log, ids, calls and usage.
+
+By default (``server.response_path: access_log``, docs/design/0004) a Chat call is two ext_proc
+messages and its status and replica come from Envoy's gRPC access log; a Responses API
+stream is watched only until its id. Under ``stream`` saar observes bodies to the end and
+learns tool call ids and usage from them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import pytest
 from saar.policy import parse_pairs
 
 from .conftest import StackFactory, use_redis
+from .test_operations import samples
 from .test_replicas import sessions_in_redis
 
 pytestmark = pytest.mark.dataplane
@@ -39,9 +46,14 @@ def verdict(headers: Any) -> str:
     return dict(parse_pairs(headers["x-vsr-learning-reasons"]))["session_aware"]
 
 
+def stream_path(raw: dict[str, Any]) -> None:
+    """Observe response bodies to the end (tool call ids, usage)."""
+    raw.setdefault("server", {})["response_path"] = "stream"
+
+
 async def test_streamed_tool_calls_open_the_loop(make_stack: StackFactory) -> None:
     """Tool calls emitted in an SSE stream are learned; their results are held on that model."""
-    stack = await make_stack()
+    stack = await make_stack(stream_path)
     messages: list[Any] = [{"role": "user", "content": "find the bug [[call:grep]] [[call:grep]]"}]
     async with client(stack, "stream-tools", "c") as api:
         raw = await api.chat.completions.with_raw_response.create(
@@ -107,7 +119,13 @@ async def test_cache_warmth_evidence_rises_along_a_session(
     make_stack: StackFactory, redis_server: Any
 ) -> None:
     """The cached tokens saar learns from usage grow turn by turn on the session's replica."""
-    stack = await make_stack(use_redis(redis_server.url))
+    redis = use_redis(redis_server.url)
+
+    def edit(raw: dict[str, Any]) -> None:
+        redis(raw)
+        stream_path(raw)
+
+    stack = await make_stack(edit)
     messages: list[Any] = [{"role": "system", "content": "You are a careful assistant. " * 20}]
     evidence: list[int] = []
     async with client(stack, "warm", "c") as api:
@@ -161,3 +179,76 @@ async def test_injected_503_in_a_tool_loop_retries_on_the_same_backend(
     replicas = {f"{r['pool']}/{r['replica']}" for r in log}
     assert 1 == len(replicas)
     assert "hard_lock=tool_loop" == verdict(retried.headers)
+
+
+def slow_decode(raw: dict[str, Any]) -> None:
+    """Tokens come out 3 ms apart, so a stream reaches Envoy in many chunks."""
+    for pool in raw["pools"].values():
+        pool["emulator"]["decode_us_per_token"] = 3_000
+
+
+async def test_responses_stream_is_released_after_its_id_and_still_reaches_the_client(
+    make_stack: StackFactory,
+) -> None:
+    """saar leaves a Responses stream once the id is read; the client still gets all of it."""
+    stack = await make_stack(slow_decode)
+    async with client(stack, "released", "c-1") as api:
+        events = [
+            event
+            async for event in await api.responses.create(
+                model="auto", input="outline the plan", stream=True, max_output_tokens=60
+            )
+        ]
+        kinds = [event.type for event in events]
+        assert "response.created" == kinds[0]
+        assert "response.completed" == kinds[-1]
+        deltas = kinds.count("response.output_text.delta")
+        assert deltas >= 30
+        response_id = events[-1].response.id
+        continued = await api.responses.with_raw_response.create(
+            model="auto", input="and now write it", previous_response_id=response_id
+        )
+    assert 200 == continued.status_code
+    assert verdict(continued.headers).startswith("hard_lock=provider_state")
+    # The first stream: a chunk or two reached saar, not one per token.
+    counts = samples(stack.metrics_text(), "saar_extproc_message_seconds_count")
+    assert counts['{phase="response_body"}'] <= 4 < deltas
+    log = [r for r in stack.backend_log() if r.get("session_id") == "released"]
+    assert [200, 200] == [r["status"] for r in log]
+    assert log[0]["replica"] == log[1]["replica"]
+
+
+async def test_statuses_come_from_the_access_log_and_forged_contract_headers_are_dropped(
+    make_stack: StackFactory,
+) -> None:
+    """Status and replica of each routed chat call arrive batched; a client cannot forge them."""
+    stack = await make_stack()
+    stack.control_post(
+        "/_emulator/faults",
+        {"rules": [{"match": {"session": "logged"}, "status": 503, "times": 1}]},
+    )
+    forged = {"x-vsr-replay-id": "forged-id", "x-vsr-selected-model": "gpt-forged"}
+    async with client(stack, "logged", "c") as api:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await api.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "hello"}], extra_headers=forged
+            )
+        assert raised.value.response.headers["x-vsr-replay-id"] != "forged-id"
+        ok = await api.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "hello"}], extra_headers=forged
+        )
+    assert "gpt-forged" != ok.headers["x-vsr-selected-model"]
+    assert "forged-id" != ok.headers["x-vsr-replay-id"]
+    entries: dict[str, float] = {}
+    for _ in range(40):  # Envoy flushes its access-log batch every 100 ms
+        entries = samples(stack.metrics_text(), "saar_access_log_entries_total")
+        if entries.get('{outcome="matched"}') == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert {'{outcome="matched"}': 2.0} == entries
+    responses = samples(stack.metrics_text(), "saar_upstream_responses_total")
+    by_class = {
+        cls: sum(v for labels, v in responses.items() if f'status_class="{cls}"' in labels)
+        for cls in ("2xx", "5xx")
+    }
+    assert {"2xx": 1.0, "5xx": 1.0} == by_class

@@ -23,6 +23,7 @@ from saar.deploy.inject import (
     patch_bootstrap,
     sidecar_container,
 )
+from saar.policy.headers import CONTRACT_HEADERS
 
 from .conftest import DEPLOY, ROOT, envoy_validate, load_all, pod_spec, validate
 
@@ -107,7 +108,7 @@ def test_patched_bootstrap_has_saar_filter_route_and_cluster() -> None:
     assert "x-saar-cluster" == routes[0]["route"]["cluster_header"]
     assert "vllm-mi300" == routes[1]["route"]["cluster"], "the old route stays as fail-open default"
     mutations = manager["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
-    assert [{"remove_on_match": {"key_matcher": {"prefix": "x-saar-"}}}] == mutations
+    assert {"remove_on_match": {"key_matcher": {"prefix": "x-saar-"}}} == mutations[0]
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     endpoint = clusters["saar"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert "/var/run/saar/saar.sock" == endpoint["endpoint"]["address"]["pipe"]["path"]
@@ -137,6 +138,132 @@ def test_patch_bootstrap_leaves_the_kubernetes_bootstrap_unchanged() -> None:
     """envoy/kubernetes.yaml already is what inject would make of it."""
     bootstrap = yaml.safe_load((ROOT / "envoy/kubernetes.yaml").read_text(encoding="utf-8"))
     assert bootstrap == patch_bootstrap(bootstrap, InjectOptions())
+
+
+def _manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def _kubernetes_bootstrap() -> dict[str, Any]:
+    bootstrap: dict[str, Any] = yaml.safe_load(
+        (ROOT / "envoy/kubernetes.yaml").read_text(encoding="utf-8")
+    )
+    return bootstrap
+
+
+def test_patched_route_copies_every_contract_header() -> None:
+    """The x-saar-cluster route echoes each contract header from the request; the default not."""
+    routes = _manager(_bootstrap(_inject(_example())))["route_config"]["virtual_hosts"][0]["routes"]
+    steered, default = routes
+    added = steered["response_headers_to_add"]
+    assert list(CONTRACT_HEADERS) == [entry["header"]["key"] for entry in added]
+    for entry in added:
+        name = entry["header"]["key"]
+        assert f"%REQ({name})%" == entry["header"]["value"]
+        assert "OVERWRITE_IF_EXISTS_OR_ADD" == entry["append_action"]
+    assert "response_headers_to_add" not in default, "the fail-open route echoes nothing"
+
+
+def test_patched_early_mutation_strips_the_contract_headers() -> None:
+    """Client-sent x-saar-* and every contract header are removed before the route is chosen."""
+    (extension,) = _manager(_bootstrap(_inject(_example())))["early_header_mutation_extensions"]
+    mutations = extension["typed_config"]["mutations"]
+    assert [
+        {"remove_on_match": {"key_matcher": {"prefix": "x-saar-"}}},
+        *({"remove": name} for name in CONTRACT_HEADERS),
+    ] == mutations
+
+
+def test_older_early_mutation_gains_the_contract_headers() -> None:
+    """saar's extension from an older inject is completed in place; operator mutations stay."""
+    bootstrap = _kubernetes_bootstrap()
+    (extension,) = _manager(bootstrap)["early_header_mutation_extensions"]
+    strip_saar = {"remove_on_match": {"key_matcher": {"prefix": "x-saar-"}}}
+    extension["typed_config"]["mutations"] = [{"remove": "x-operator"}, strip_saar]
+    patched = patch_bootstrap(bootstrap, InjectOptions())
+    (extension,) = _manager(patched)["early_header_mutation_extensions"]
+    assert [
+        {"remove": "x-operator"},
+        strip_saar,
+        *({"remove": name} for name in CONTRACT_HEADERS),
+    ] == extension["typed_config"]["mutations"]
+    assert patched == patch_bootstrap(patched, InjectOptions())
+
+
+def test_patched_ext_proc_skips_response_headers_by_default() -> None:
+    """Two messages by default; saar turns response headers on per request (mode_override)."""
+    manager = _manager(_bootstrap(_inject(_example())))
+    ext_proc = manager["http_filters"][0]["typed_config"]
+    assert "SKIP" == ext_proc["processing_mode"]["response_header_mode"]
+    assert ext_proc["allow_mode_override"] is True
+
+
+_OPERATOR_LOG = {
+    "name": "envoy.access_loggers.stdout",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+    },
+}
+
+
+def test_access_log_is_ensured_and_keeps_the_operators_loggers(tmp_path: Path) -> None:
+    """saar's gRPC access log is appended once; the operator's own logger stays first."""
+    documents = _example()
+    (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    bootstrap = yaml.safe_load(config_map["data"]["envoy.yaml"])
+    _manager(bootstrap)["access_log"] = [copy.deepcopy(_OPERATOR_LOG)]
+    config_map["data"]["envoy.yaml"] = yaml.safe_dump(bootstrap, sort_keys=False)
+    once = _inject(documents)
+    entries = _manager(_bootstrap(once))["access_log"]
+    assert [_OPERATOR_LOG["name"], "envoy.access_loggers.http_grpc"] == [e["name"] for e in entries]
+    assert _OPERATOR_LOG == entries[0]
+    saar = entries[1]
+    header_filter = saar["filter"]["header_filter"]
+    assert {"name": "x-vsr-replay-id", "present_match": True} == header_filter["header"]
+    common = saar["typed_config"]["common_config"]
+    assert "saar" == common["log_name"]
+    assert "saar" == common["grpc_service"]["envoy_grpc"]["cluster_name"]
+    assert ["x-vsr-replay-id"] == saar["typed_config"]["additional_request_headers_to_log"]
+    assert dump_yaml(once) == dump_yaml(_inject(load_documents(dump_yaml(once))))
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(_bootstrap(once)), encoding="utf-8")
+    result = envoy_validate(path)
+    assert 0 == result.returncode, result.stdout + result.stderr
+
+
+def test_stale_saar_access_log_is_replaced_in_place() -> None:
+    """An older saar access logger is replaced where it stands; other gRPC loggers stay."""
+    bootstrap = _kubernetes_bootstrap()
+    manager = _manager(bootstrap)
+    (canonical,) = manager["access_log"]
+    stale = copy.deepcopy(canonical)
+    stale["typed_config"]["common_config"]["buffer_flush_interval"] = "5s"
+    del stale["filter"]
+    other_grpc = copy.deepcopy(canonical)
+    other_grpc["typed_config"]["common_config"]["log_name"] = "operator"
+    other_grpc["typed_config"]["common_config"]["grpc_service"] = {
+        "envoy_grpc": {"cluster_name": "als"}
+    }
+    manager["access_log"] = [stale, other_grpc, copy.deepcopy(_OPERATOR_LOG)]
+    patched = patch_bootstrap(bootstrap, InjectOptions())
+    assert [canonical, other_grpc, _OPERATOR_LOG] == _manager(patched)["access_log"]
+    assert patched == patch_bootstrap(patched, InjectOptions())
+
+
+def test_older_injection_upgrades_to_the_kubernetes_bootstrap() -> None:
+    """A bootstrap injected before docs/design/0004 becomes envoy/kubernetes.yaml again."""
+    current = _kubernetes_bootstrap()
+    old = copy.deepcopy(current)
+    manager = _manager(old)
+    del manager["access_log"]
+    (steered, _) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    del steered["response_headers_to_add"]
+    (extension,) = manager["early_header_mutation_extensions"]
+    del extension["typed_config"]["mutations"][1:]
+    manager["http_filters"][0]["typed_config"]["processing_mode"]["response_header_mode"] = "SEND"
+    assert current == patch_bootstrap(old, InjectOptions())
 
 
 def test_options_set_image_configmap_and_socket_dir() -> None:

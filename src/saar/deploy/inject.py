@@ -11,14 +11,24 @@ around it, so the two can never disagree. For each workload with an Envoy contai
 * adds the socket ``emptyDir`` mounted in both containers, the config ConfigMap, and a
   writable ``/tmp`` and data directory (replay records) for saar, whose root filesystem is
   read-only;
-* patches the Envoy bootstrap, when the ConfigMap holding it is part of the input: early
-  header mutation stripping client ``x-saar-*``, the ``ext_proc`` filter before the router,
-  the ``saar`` Unix-socket cluster and the cluster-header route before the existing routes.
+* patches the Envoy bootstrap, when the ConfigMap holding it is part of the input:
+
+  * early header mutation stripping client ``x-saar-*`` and the ``x-vsr-*`` contract headers
+    (``CONTRACT_HEADERS``), before the route is chosen;
+  * the ``ext_proc`` filter before the router, with response headers skipped by default
+    (saar asks for them per request with ``mode_override``, docs/design/0004);
+  * the cluster-header route before the existing routes (which stay as the fail-open
+    default), copying each contract header from the request to the response
+    (``%REQ(name)%``);
+  * saar's gRPC access log (``envoy.access_loggers.http_grpc``, log name ``saar``) on each
+    HTTP connection manager, filtered on ``x-vsr-replay-id``: status and upstream host of
+    each routed response reach saar there; the operator's other access loggers stay;
+  * the ``saar`` Unix-socket cluster (ext_proc and the access log both use it).
 
 Everything is *ensured*, never blindly appended: an existing sidecar, volume, mount, filter,
-route or cluster of saar's is replaced in place by the current one. Running ``inject`` twice
-therefore gives the same output as running it once, and re-running it with a new ``--image``
-upgrades the sidecar.
+route, access logger or cluster of saar's is replaced in place by the current one. Running
+``inject`` twice therefore gives the same output as running it once, and re-running it with a
+new ``--image`` upgrades the sidecar (or an older bootstrap patch).
 
 The canonical sidecar below is also the one ``deploy/base/gateway.yaml`` carries (a test pins
 that), and the canonical filters are those of ``envoy/kubernetes.yaml`` (also pinned).
@@ -33,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from saar.policy.headers import CONTRACT_HEADERS, HEADER_REPLAY_ID
 
 __all__ = [
     "DEFAULT_CONFIG_CONFIGMAP",
@@ -87,6 +99,10 @@ _ROUTER = "envoy.filters.http.router"
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _EARLY_MUTATION = "envoy.http.early_header_mutation.header_mutation"
 _STRIP_SAAR = {"remove_on_match": {"key_matcher": {"prefix": "x-saar-"}}}
+# Clients may not forge the contract either: the route echoes it, the access log keys on it.
+_STRIP_CONTRACT = tuple({"remove": name} for name in CONTRACT_HEADERS)
+_ACCESS_LOG = "envoy.access_loggers.http_grpc"
+_ACCESS_LOG_NAME = "saar"
 
 
 class InjectError(ValueError):
@@ -296,7 +312,9 @@ def _ext_proc_filter(options: InjectOptions) -> dict[str, Any]:
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
-                "response_header_mode": "SEND",
+                # SKIP: saar asks for the response headers (and Responses API bodies) per
+                # request with mode_override; Chat/Messages requests cost two messages.
+                "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
@@ -366,7 +384,20 @@ def _cluster_header_route() -> dict[str, Any]:
             "timeout": "600s",
             "hash_policy": [{"header": {"header_name": AFFINITY_HEADER}, "terminal": True}],
         },
+        # saar sets the contract as request headers; Envoy omits a header whose value is
+        # empty, so nothing is doubled when saar answers the response headers itself.
+        "response_headers_to_add": [
+            {
+                "header": {"key": name, "value": f"%REQ({name})%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+            for name in CONTRACT_HEADERS
+        ],
     }
+
+
+def _saar_mutations() -> list[dict[str, Any]]:
+    return [copy.deepcopy(_STRIP_SAAR), *(dict(remove) for remove in _STRIP_CONTRACT)]
 
 
 def _early_mutation() -> dict[str, Any]:
@@ -375,7 +406,27 @@ def _early_mutation() -> dict[str, Any]:
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation."
             "header_mutation.v3.HeaderMutation",
-            "mutations": [copy.deepcopy(_STRIP_SAAR)],
+            "mutations": _saar_mutations(),
+        },
+    }
+
+
+def _access_log() -> dict[str, Any]:
+    """The gRPC access log to saar: status and upstream host of the responses it routed."""
+    return {
+        "name": _ACCESS_LOG,
+        "filter": {"header_filter": {"header": {"name": HEADER_REPLAY_ID, "present_match": True}}},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3."
+            "HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": _ACCESS_LOG_NAME,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+                "buffer_flush_interval": "0.1s",
+                "buffer_size_bytes": 65536,
+            },
+            "additional_request_headers_to_log": [HEADER_REPLAY_ID],
         },
     }
 
@@ -407,6 +458,44 @@ def _is_saar_route(route: dict[str, Any]) -> bool:
     return bool((route.get("route") or {}).get("cluster_header") == CLUSTER_HEADER)
 
 
+def _is_saar_access_log(entry: Any) -> bool:
+    if not isinstance(entry, dict) or entry.get("name") != _ACCESS_LOG:
+        return False
+    common = (entry.get("typed_config") or {}).get("common_config") or {}
+    return bool(common.get("log_name") == _ACCESS_LOG_NAME)
+
+
+def _ensure_early_mutation(manager: dict[str, Any]) -> None:
+    """Strip client x-saar-* and contract headers before the route is chosen.
+
+    saar's extension is the one stripping ``x-saar-*``; mutations it lacks are appended to it
+    (an older injection that stripped only ``x-saar-*`` gains the contract headers), the
+    operator's own mutations stay where they are.
+    """
+    extensions = manager.setdefault("early_header_mutation_extensions", [])
+    for extension in extensions:
+        config = extension.get("typed_config") if isinstance(extension, dict) else None
+        mutations = (config or {}).get("mutations")
+        if isinstance(mutations, list) and _STRIP_SAAR in mutations:
+            missing = [m for m in _saar_mutations() if m not in mutations]
+            mutations.extend(missing)
+            return
+    extensions.append(_early_mutation())
+
+
+def _ensure_access_log(manager: dict[str, Any]) -> None:
+    """Replace saar's access logger in place, or append it; other loggers stay."""
+    entries = manager.get("access_log")
+    if not isinstance(entries, list):
+        entries = []
+        manager["access_log"] = entries
+    for index, entry in enumerate(entries):
+        if _is_saar_access_log(entry):
+            entries[index] = _access_log()
+            return
+    entries.append(_access_log())
+
+
 def _patch_manager(
     listener: dict[str, Any], manager: dict[str, Any], options: InjectOptions
 ) -> None:
@@ -418,14 +507,11 @@ def _patch_manager(
             "inline route_config only; add the x-saar-cluster route to your route configuration "
             "and pass --listener to choose the listeners to patch"
         )
-    # Early header mutation: drop client-sent x-saar-* before the route is chosen.
-    extensions = manager.setdefault("early_header_mutation_extensions", [])
-    stripped = any(
-        _STRIP_SAAR in ((ext.get("typed_config") or {}).get("mutations") or [])
-        for ext in extensions
-    )
-    if not stripped:
-        extensions.append(_early_mutation())
+    # Early header mutation: drop client-sent x-saar-* and x-vsr-* contract headers before
+    # the route is chosen.
+    _ensure_early_mutation(manager)
+    # Status and served-by of routed responses reach saar through its access log.
+    _ensure_access_log(manager)
     # ext_proc right before the router (the router must stay the last filter).
     filters = [f for f in manager.get("http_filters") or [] if not _is_saar_ext_proc(f)]
     routers = [index for index, f in enumerate(filters) if _is_router(f)]

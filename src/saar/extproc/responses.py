@@ -31,6 +31,7 @@ __all__ = [
     "passthrough_request_headers",
     "response_headers",
     "route_request_body",
+    "route_request_headers",
 ]
 
 _Mode = processing_mode_pb2.ProcessingMode
@@ -48,6 +49,39 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 def continue_request_headers() -> ep.ProcessingResponse:
     """Answer request headers at once: nothing to change until the body is seen."""
     return ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+
+
+def _routed_mode(*, response_headers: bool) -> processing_mode_pb2.ProcessingMode:
+    return _Mode(
+        request_header_mode=_Mode.SEND,
+        response_header_mode=_Mode.SEND if response_headers else _Mode.SKIP,
+        request_body_mode=_Mode.BUFFERED,
+        response_body_mode=_Mode.NONE,
+        request_trailer_mode=_Mode.SKIP,
+        response_trailer_mode=_Mode.SKIP,
+    )
+
+
+# Built once: protobuf messages are serialized on write and these are never mutated.
+_ROUTED_HEADERS_TWO = ep.ProcessingResponse(
+    request_headers=ep.HeadersResponse(), mode_override=_routed_mode(response_headers=False)
+)
+_ROUTED_HEADERS_THREE = ep.ProcessingResponse(
+    request_headers=ep.HeadersResponse(), mode_override=_routed_mode(response_headers=True)
+)
+
+
+def route_request_headers(*, response_headers: bool) -> ep.ProcessingResponse:
+    """Continue the request headers of a call saar routes, stating the modes it needs.
+
+    Without ``response_headers`` the stream ends after the body answer (two messages): the
+    route copies the contract headers and the access log brings status and served-by
+    (docs/design/0004). With it, Envoy also sends the response headers, and saar may ask for
+    the body there. The override is explicit either way, so saar works with an Envoy whose
+    static ``response_header_mode`` is SEND or SKIP. The returned message is shared: never
+    mutate it.
+    """
+    return _ROUTED_HEADERS_THREE if response_headers else _ROUTED_HEADERS_TWO
 
 
 def passthrough_request_headers() -> ep.ProcessingResponse:
@@ -73,16 +107,26 @@ def continue_request_body() -> ep.ProcessingResponse:
     return ep.ProcessingResponse(request_body=ep.BodyResponse())
 
 
-def route_request_body(*, cluster: str, affinity_key: str, body: bytes) -> ep.ProcessingResponse:
-    """Route to ``cluster`` with ``affinity_key`` and the rewritten ``body``."""
+def route_request_body(
+    *,
+    cluster: str,
+    affinity_key: str,
+    body: bytes,
+    contract: Iterable[tuple[str, str]] = (),
+) -> ep.ProcessingResponse:
+    """Route to ``cluster`` with ``affinity_key`` and the rewritten ``body``.
+
+    ``contract`` headers are set on the request, for the route to copy to the response
+    (``%REQ(name)%``) when the response headers do not come back to saar.
+    """
+    set_headers = [
+        _header(h.CLUSTER, cluster),
+        _header(h.AFFINITY_KEY, affinity_key),
+        _header(h.CONTENT_LENGTH, str(len(body))),
+    ]
+    set_headers.extend(_header(name, value) for name, value in contract)
     common = ep.CommonResponse(
-        header_mutation=ep.HeaderMutation(
-            set_headers=[
-                _header(h.CLUSTER, cluster),
-                _header(h.AFFINITY_KEY, affinity_key),
-                _header(h.CONTENT_LENGTH, str(len(body))),
-            ]
-        ),
+        header_mutation=ep.HeaderMutation(set_headers=set_headers),
         body_mutation=ep.BodyMutation(body=body),
         clear_route_cache=True,
     )

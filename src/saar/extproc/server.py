@@ -1,7 +1,8 @@
-"""The grpc.aio server: ext_proc servicer, admin service, gRPC health, two-stage shutdown.
+"""The grpc.aio server: ext_proc, access log, admin, gRPC health, two-stage shutdown.
 
 Theory of operation. One grpc.aio server serves Envoy's ``ExternalProcessor`` (one
-bidirectional stream per HTTP request), saar's ``Admin`` service and the standard gRPC health
+bidirectional stream per HTTP request), Envoy's ``AccessLogService`` (the batched response
+path, ``saar.extproc.accesslog``), saar's ``Admin`` service and the standard gRPC health
 service, on a Unix socket shared with Envoy and optionally on a loopback TCP port.
 
 Each stream uses an explicit ``context.read()`` / ``context.write()`` loop: measured on this
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from saar import __version__
 from saar.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from saar.api.replay.v1 import replay_pb2_grpc
+from saar.extproc.accesslog import AccessLogReceiver
 from saar.extproc.stream import ExtProcStream
 from saar.observability.metrics import Metrics
 from saar.replay.admin import ReplayService
@@ -63,6 +66,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if message is grpc.aio.EOF:
                     return
                 await context.write(await stream.on_message(message))
+                if stream.released:
+                    # Ending the stream cleanly tells Envoy to go on without saar
+                    # (the ext_proc protocol), e.g. the rest of a Responses API stream.
+                    return
         finally:
             stream.close()
             inflight.dec()
@@ -132,6 +139,9 @@ class ExtProcServer:
         self._health = health.aio.HealthServicer()
         ep_grpc.add_ExternalProcessorServicer_to_server(
             ExternalProcessor(router, metrics), self._server
+        )
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(
+            AccessLogReceiver(router, metrics), self._server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(router), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -1,19 +1,26 @@
 """One ext_proc stream = one HTTP request: phase state, bytes → facts, decision → mutations.
 
 Theory of operation. Envoy opens one bidirectional stream per HTTP request and sends, in
-order, the request headers, the buffered request body and the response headers (and, only
-when saar asks for it at response-header time, the response body chunks). Every message is
-answered with exactly one response of the matching kind:
+order, the request headers, the buffered request body and, when saar asks for them, the
+response headers (and, only when saar asks for it at response-header time, the response body
+chunks). Every message is answered with exactly one response of the matching kind:
 
-* request headers: answered at once. A request that is not an LLM call (path or method)
-  gets a ``mode_override`` so Envoy sends nothing more of it.
+* request headers: answered at once, with a ``mode_override`` that says what else saar needs.
+  A request that is not an LLM call (path or method) gets nothing more. Under
+  ``server.response_path: access_log`` (the default, docs/design/0004) a Chat or Messages call
+  ends after its body: the contract headers ride on the request for the route to copy, and
+  status and served-by come from Envoy's access log. Responses API calls (and every call under
+  ``stream``) also send the response headers.
 * request body: parsed once into ``RequestFacts``; bad input gets an API-style error
   (``ImmediateResponse``) and changes no state; otherwise the router decides and the body
   response carries the cluster header, the affinity key, ``content-length`` and the rewritten
   body with ``clear_route_cache``. Any internal error **fails open**: the body continues
   unmodified to Envoy's default route, a counter ticks and a log line says why.
 * response headers: the ``x-vsr-*`` contract is added, and what the status says is handed
-  to the router's response path off the hot path.
+  to the router's response path off the hot path. A Responses API stream observed under
+  ``access_log`` is released once its response id is read: saar ends its side of the gRPC
+  stream cleanly and Envoy carries on without it, so a long answer costs a few messages,
+  not one per token.
 
 Messages that arrive out of order or twice (a misbehaving peer, or the fuzz tests) are
 answered with a plain "continue" of the matching kind; they never raise.
@@ -58,12 +65,15 @@ class ExtProcStream:
         "_decision",
         "_facts",
         "_headers",
+        "_log_path",
         "_metrics",
         "_observer",
+        "_release",
         "_router",
         "_served_by",
         "_settings",
         "_stage",
+        "released",
     )
 
     def __init__(self, router: Router, metrics: Metrics) -> None:
@@ -78,6 +88,10 @@ class ExtProcStream:
         self._observer: ResponseObserver | None = None
         self._served_by: str | None = None
         self._stage = "request_headers"
+        self._log_path = False
+        self._release = False
+        self.released = False
+        """True once saar is done with this stream early: the server ends it cleanly."""
 
     async def on_message(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
         """Answer one message from Envoy; never raises for any input."""
@@ -125,7 +139,12 @@ class ExtProcStream:
             self._stage = "done"
             self._metrics.passthrough.labels(reason="not_an_llm_call").inc()
             return responses.passthrough_request_headers()
-        return responses.continue_request_headers()
+        # Only the Responses API mints provider state (the response id) saar must read from
+        # the response; everything else the response path needs is in the access log.
+        self._log_path = (
+            self._settings.server.response_path == "access_log" and api is not Api.RESPONSES
+        )
+        return responses.route_request_headers(response_headers=not self._log_path)
 
     async def _on_request_body(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
         api = self._api
@@ -172,6 +191,17 @@ class ExtProcStream:
                 target=decision.target.key,
             )
         body = parsed.rewrite_model(decision.target.model)
+        if self._log_path:
+            # No response message will come: the route copies the contract headers from the
+            # request, and the access-log entry carrying the replay id closes the loop.
+            self._stage = "done"
+            router.await_log(decision)
+            return responses.route_request_body(
+                cluster=decision.target.cluster,
+                affinity_key=decision.affinity_key,
+                body=body,
+                contract=router.response_headers(decision),
+            )
         return responses.route_request_body(
             cluster=decision.target.cluster, affinity_key=decision.affinity_key, body=body
         )
@@ -223,9 +253,10 @@ class ExtProcStream:
                 facts.api, request_id=decision.replay_id, status=status, streaming=facts.stream
             )
             self._served_by = served_by
+            self._release = self._settings.server.response_path == "access_log"
             self._stage = "response_body"
             return responses.response_headers(headers, inspect_body=True)
-        self._router.observe_response(decision, facts, status=status, served_by=served_by)
+        self._router.observe_response(decision, status=status, served_by=served_by)
         return responses.response_headers(headers)
 
     def _on_response_body(self, message: ep.ProcessingRequest) -> ep.ProcessingResponse:
@@ -235,7 +266,22 @@ class ExtProcStream:
             observer.feed(body.body)
             if body.end_of_stream:
                 self._finish_body(complete=True)
+            elif self._release and observer.response_id is not None:
+                self._release_body(observer)
         return responses.continue_response_body()
+
+    def _release_body(self, observer: ResponseObserver) -> None:
+        """The response id is known: learn it now and let the rest of the stream go by."""
+        decision = self._decision
+        self._stage = "done"
+        self._observer = None
+        self.released = True
+        if decision is None:
+            return
+        learned = replace(
+            observer.release(), served_by=self._served_by, physical=decision.target.key
+        )
+        self._router.learn(decision, learned)
 
     def close(self) -> None:
         """The stream ended: a body still being observed was cut short (client or upstream)."""

@@ -185,6 +185,26 @@ class Metrics:
             buckets=_MESSAGE_BUCKETS,
             registry=r,
         )
+        self.access_log_entries = Counter(
+            "saar_access_log_entries_total",
+            "Envoy access-log entries received, by outcome: matched (a routed request's "
+            "response learned), unknown (no such pending request: already learned, expired, "
+            "or routed by another saar process).",
+            ["outcome"],
+            registry=r,
+        )
+        self.access_log_expired = Counter(
+            "saar_access_log_expired_total",
+            "Routed requests whose access-log entry never came (Envoy without saar's "
+            "access logger, a dropped log batch, or more pending requests than the bound).",
+            ["reason"],
+            registry=r,
+        )
+        self.access_log_pending = Gauge(
+            "saar_access_log_pending",
+            "Routed requests awaiting their Envoy access-log entry.",
+            registry=r,
+        )
         self.background_errors = Counter(
             "saar_background_errors_total",
             "Errors in off-the-hot-path work (response learning, replay), by task.",

@@ -28,6 +28,7 @@ from typing import Final
 from saar.policy.decision import Decision
 
 __all__ = [
+    "CONTRACT_HEADERS",
     "HEADER_ACTIONS",
     "HEADER_METHODS",
     "HEADER_MODES",
@@ -58,6 +59,22 @@ HEADER_SELECTED_POOL: Final = "x-vsr-selected-pool"
 HEADER_SELECTED_DECISION: Final = "x-vsr-selected-decision"
 HEADER_PHASE: Final = "x-vsr-session-phase"
 HEADER_REPLAY_ID: Final = "x-vsr-replay-id"
+
+CONTRACT_HEADERS: Final = (
+    HEADER_SELECTED_MODEL,
+    HEADER_SELECTED_POOL,
+    HEADER_SELECTED_DECISION,
+    HEADER_PHASE,
+    HEADER_REPLAY_ID,
+    HEADER_METHODS,
+    HEADER_ACTIONS,
+    HEADER_SCOPES,
+    HEADER_REASONS,
+    HEADER_MODES,
+)
+"""Every contract header name, in the order ``response_headers`` emits them. The Envoy
+bootstrap strips these from client requests and has the routed route copy each one from the
+request to the response (``%REQ(name)%``); both are generated from this tuple."""
 
 _ESCAPES: Final = (("%", "%25"), (",", "%2C"), (";", "%3B"), ("\r", "%0D"), ("\n", "%0A"))
 _UNESCAPE: Final = {code: char for char, code in _ESCAPES}

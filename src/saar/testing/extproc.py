@@ -11,6 +11,12 @@ Example::
                                    headers={"x-session-id": "s1"})
         assert turn.cluster == "pool_mi300_small"
         assert turn.response_headers["x-vsr-learning-actions"] == "session_aware=establish_baseline"
+
+The harness plays Envoy's part as ``envoy/local.yaml`` configures it: it honours saar's
+``mode_override`` (a Chat or Messages call under ``response_path: access_log`` ends after the
+body answer), copies the contract headers from the request to the response as the route does
+(``%REQ(name)%``), and sends the access-log entry of a routed request to saar's
+``AccessLogService`` over the same socket, as Envoy's gRPC access logger would.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from saar.extproc.server import ExtProcServer
 from saar.observability.metrics import Metrics
+from saar.policy.headers import CONTRACT_HEADERS, HEADER_REPLAY_ID
 from saar.router import Router
 from saar.settings import Settings
 from saar.state import SessionStore, build_store
@@ -37,6 +47,7 @@ __all__ = [
     "Exchange",
     "ExtProcHarness",
     "ScriptedStream",
+    "access_log_message",
     "request_body_message",
     "request_headers_message",
     "response_headers_message",
@@ -72,6 +83,26 @@ def response_headers_message(
     """A ``response_headers`` message with ``:status`` and extra headers."""
     merged = {":status": str(status), **(headers or {})}
     return ep.ProcessingRequest(response_headers=ep.HttpHeaders(headers=_header_map(merged)))
+
+
+def access_log_message(
+    replay_id: str, status: int, served_by: str | None = None
+) -> als_pb2.StreamAccessLogsMessage:
+    """One batch with one entry, as Envoy's gRPC access logger sends a routed response."""
+    entry = accesslog_pb2.HTTPAccessLogEntry(
+        request=accesslog_pb2.HTTPRequestProperties(request_headers={HEADER_REPLAY_ID: replay_id}),
+    )
+    entry.response.response_code.value = status
+    if served_by is not None:
+        host, _, port = served_by.rpartition(":")
+        entry.common_properties.upstream_remote_address.CopyFrom(
+            address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address=host, port_value=int(port))
+            )
+        )
+    return als_pb2.StreamAccessLogsMessage(
+        http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(log_entry=[entry])
+    )
 
 
 def _set_headers(mutation: ep.HeaderMutation) -> dict[str, str]:
@@ -132,10 +163,15 @@ class Exchange:
 
     @property
     def response_headers(self) -> dict[str, str]:
-        """Response headers saar added for the client."""
+        """Response headers the client gets from saar.
+
+        They are set on the response-headers message, or, when saar skipped that message,
+        copied from the request by the route.
+        """
         reply = self.response_headers_reply
         if reply is None:
-            return {}
+            mutations = self.request_header_mutations
+            return {name: mutations[name] for name in CONTRACT_HEADERS if name in mutations}
         return _set_headers(reply.response_headers.response.header_mutation)
 
 
@@ -180,12 +216,14 @@ class ExtProcHarness:
         self._server = ExtProcServer(self.router, self.metrics)
         self._channel: grpc.aio.Channel | None = None
         self._stub: ep_grpc.ExternalProcessorStub | None = None
+        self._logs: als_pb2_grpc.AccessLogServiceStub | None = None
 
     async def __aenter__(self) -> ExtProcHarness:
         self._server.bind_unix(self.socket)
         await self._server.start()
         self._channel = grpc.aio.insecure_channel(f"unix:{self.socket}")
         self._stub = ep_grpc.ExternalProcessorStub(self._channel)
+        self._logs = als_pb2_grpc.AccessLogServiceStub(self._channel)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -198,6 +236,15 @@ class ExtProcHarness:
         """Open a raw stream for scripted, possibly out-of-order, messages."""
         assert self._stub is not None, "use the harness as an async context manager"
         return ScriptedStream(self._stub.Process())
+
+    async def log(self, *messages: als_pb2.StreamAccessLogsMessage) -> None:
+        """Send access-log batches on one logger stream; returns once saar has read them all."""
+        assert self._logs is not None, "use the harness as an async context manager"
+        call = self._logs.StreamAccessLogs()
+        for message in messages:
+            await call.write(message)
+        await call.done_writing()
+        await call
 
     async def exchange(
         self,
@@ -227,6 +274,18 @@ class ExtProcHarness:
         if second.HasField("immediate_response"):
             await stream.close()
             return Exchange(first, second, None)
+        skip = first.HasField("mode_override") and (
+            first.mode_override.response_header_mode == processing_mode_pb2.ProcessingMode.SKIP
+        )
+        if skip:
+            # Envoy sends nothing more on this stream; the response reaches saar through the
+            # access log, for requests that carry saar's replay-id header (the log's filter).
+            await stream.close()
+            exchange = Exchange(first, second, None)
+            replay_id = exchange.request_header_mutations.get(HEADER_REPLAY_ID)
+            if replay_id:
+                await self.log(access_log_message(replay_id, status))
+            return exchange
         third = await stream.send(response_headers_message(status, response_headers))
         await stream.close()
         return Exchange(first, second, third)

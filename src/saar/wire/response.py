@@ -378,6 +378,30 @@ class ResponseObserver:
         except Exception:  # The observer must never break the stream.
             self._stop_failed()
 
+    @property
+    def response_id(self) -> str | None:
+        """The Responses API response id, as soon as its event was read (JSON: at ``finish``)."""
+        return self._response_id
+
+    def release(self) -> ResponseFacts:
+        """Stop observing once the provider state is known: the facts read so far.
+
+        The rest of the body is not watched (docs/design/0004), so usage is not learned, and
+        ``complete`` stays True: nothing was seen to be cut (a later failure of the stream
+        is not a failure of the backend that minted the id).
+        """
+        if self._facts is None:
+            self._stopped = True
+            self._body = []
+            self._facts = ResponseFacts(
+                request_id=self._request_id,
+                status=self._status,
+                response_id=self._response_id,
+                tool_call_ids=tuple(self._calls),
+                complete=True,
+            )
+        return self._facts
+
     def finish(self, *, complete: bool = True) -> ResponseFacts:
         """End of stream: the facts. ``complete=False`` when the stream was cut."""
         if self._facts is not None:
