@@ -5,9 +5,11 @@ Usage::
     .venv/bin/python bench/ab_latency.py response-learning [--rounds 5] [--small]
     .venv/bin/python bench/ab_latency.py replay [--rounds 5] [--small]
 
-``response-learning``: saar streams 2xx response bodies through itself to learn tool calls,
-response ids and usage (``server.learn_from_response_bodies``). Measured on SSE chat streams:
-time to first byte and the delay between chunks, learning on vs off.
+``response-learning``: "on" is ``server.response_path: stream`` (saar answers the response
+headers and streams 2xx bodies through itself to learn tool calls, response ids and usage);
+"off" is the default ``access_log`` path (two messages per call, status from Envoy's access
+log, chat bodies never seen; docs/design/0004). Measured on SSE chat streams: time to first
+byte, the delay between chunks and saar's CPU per streamed answer.
 
 ``replay``: Router Replay records every decision (``replay.enabled``). Measured on
 non-streaming requests at a fixed open-loop rate: request latency, replay on vs off.
@@ -58,7 +60,8 @@ def _config(tmp: Path, name: str, feature: str, on: bool) -> Path:
         pool["emulator"]["max_tokens_default"] = 32
     raw["replay"] = {"path": str(tmp / f"{name}.sqlite3")}
     if feature == "response-learning":
-        raw["server"]["learn_from_response_bodies"] = on
+        raw["server"]["response_path"] = "stream" if on else "access_log"
+        raw["server"]["learn_from_response_bodies"] = True
     else:
         raw["replay"]["enabled"] = on
     path = tmp / f"{name}.yaml"
@@ -245,8 +248,9 @@ def markdown(doc: dict[str, Any]) -> str:
     if on_cpu is not None and off_cpu is not None and chunks:
         lines += [
             "",
-            f"saar CPU per streamed answer: {on_cpu:,.0f} µs with learning, {off_cpu:,.0f} µs "
-            f"without; {chunks:.1f} chunks per answer, so about "
+            f"saar CPU per streamed answer: {on_cpu:,.0f} µs observing the body "
+            f"(`response_path: stream`), {off_cpu:,.0f} µs on the default `access_log` path; "
+            f"{chunks:.1f} chunks per answer, so about "
             f"**{(on_cpu - off_cpu) / chunks:,.0f} µs of saar CPU per observed chunk**.",
         ]
     return "\n".join(lines) + "\n"

@@ -51,6 +51,7 @@ _STEPS: Final = (("20k", "rate"), ("500k", "rate"), ("20k", "sat"))
 VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "noreplay": {"replay": {"enabled": False}},
     "nolearn": {"server": {"learn_from_response_bodies": False}},
+    "stream": {"server": {"response_path": "stream"}},
 }
 """Config edits of the diagnostic saar variants (section -> keys to set)."""
 _SESSIONS: Final = 256
@@ -68,11 +69,12 @@ class HotpathOptions:
     warmup_seconds: float = 1.5
     policy_seconds: float = 2.0
     profile_requests: int = 2000
-    variants: tuple[str, ...] = ("noreplay", "nolearn")
+    variants: tuple[str, ...] = ("noreplay", "stream")
     """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
     floor: bool = True
     """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor, in the
-    3-message shape saar uses and in the 2-message shape (response headers SKIP)."""
+    2-message shape saar uses by default and in the 3-message shape of ``response_path:
+    stream``."""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -322,6 +324,8 @@ def _templates(root: Path, upstream_port: int, tmp: Path) -> tuple[Path, Path]:
                 hcm["http_filters"] = [
                     f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"
                 ]
+                # Envoy alone: no saar to log to (nothing carries the replay id anyway).
+                hcm.pop("access_log", None)
     without = tmp / "envoy-plain.yaml"
     without.write_text(yaml.safe_dump(plain, sort_keys=False))
     return with_saar, without
@@ -338,32 +342,6 @@ def _contract_header(port: int) -> str | None:
     with urllib.request.urlopen(request, timeout=10) as response:
         value: str | None = response.headers.get("x-vsr-selected-model")
         return value
-
-
-def _two_message_template(with_saar: Path, tmp: Path) -> Path:
-    """The ext_proc bootstrap in 2-message mode: response headers SKIP, the route copies them."""
-    raw: dict[str, Any] = yaml.safe_load(with_saar.read_text())
-    for listener in raw["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for flt in chain["filters"]:
-                hcm = flt["typed_config"]
-                for f in hcm["http_filters"]:
-                    if f["name"] == "envoy.filters.http.ext_proc":
-                        f["typed_config"]["processing_mode"]["response_header_mode"] = "SKIP"
-                for host in hcm["route_config"]["virtual_hosts"]:
-                    for route in host["routes"]:
-                        route["response_headers_to_add"] = [
-                            {
-                                "header": {
-                                    "key": "x-vsr-selected-model",
-                                    "value": "%REQ(x-vsr-selected-model)%",
-                                },
-                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                            }
-                        ]
-    out = tmp / "envoy-2msg.yaml"
-    out.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return out
 
 
 def _thread_cpu(pid: int | None) -> dict[str, float]:
@@ -555,10 +533,17 @@ def _policy_pass(work: list[Any], config: Any, with_response: bool, seconds: flo
 
 async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
     """CProfile ``ExtProcStream.on_message`` over whole requests (no gRPC); write the top."""
-    from saar.extproc.stream import ExtProcStream  # noqa: PLC0415 - optional heavy imports
+    from envoy.extensions.filters.http.ext_proc.v3 import (  # noqa: PLC0415 - heavy imports
+        processing_mode_pb2,
+    )
+
+    from saar.extproc.accesslog import AccessLogReceiver  # noqa: PLC0415
+    from saar.extproc.stream import ExtProcStream  # noqa: PLC0415
+    from saar.policy.headers import HEADER_REPLAY_ID  # noqa: PLC0415
     from saar.settings import load_settings  # noqa: PLC0415
     from saar.testing.extproc import (  # noqa: PLC0415
         ExtProcHarness,
+        access_log_message,
         request_body_message,
         request_headers_message,
         response_headers_message,
@@ -585,11 +570,25 @@ async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
             )
         )
 
+    receiver = AccessLogReceiver(harness.router, harness.metrics)
+    skip = processing_mode_pb2.ProcessingMode.SKIP
+
     async def play(n: int) -> None:
+        # Each request as Envoy plays it: the response headers only when saar asked for them,
+        # else the access-log entry (one per batch here: the worst case for saar).
         for i in range(n):
             stream = ExtProcStream(harness.router, harness.metrics)
-            for message in messages[i % len(messages)]:
-                await stream.on_message(message)
+            head, body, response = messages[i % len(messages)]
+            first = await stream.on_message(head)
+            routed = await stream.on_message(body)
+            if first.mode_override.response_header_mode != skip:
+                await stream.on_message(response)
+                continue
+            for option in routed.request_body.response.header_mutation.set_headers:
+                if option.header.key == HEADER_REPLAY_ID:
+                    replay_id = option.header.raw_value.decode()
+                    receiver.consume(access_log_message(replay_id, 200, "127.0.0.1:18101"))
+        await harness.router.drain()
 
     await play(min(200, requests))  # warm: sessions exist, imports done
     profiler = cProfile.Profile()
@@ -614,7 +613,8 @@ async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
     stats.sort_stats("cumulative").print_stats(25)
     header = (
         f"# cProfile of ExtProcStream.on_message: {requests} requests (request headers, "
-        f"~20 KB body, response headers), in-process, no gRPC\n"
+        f"~20 KB body, then the access-log entry: the default 2-message path), in-process, "
+        f"no gRPC\n"
         f"# {per_request_us:.1f} us/request under the profiler; without it {plain_us:.1f} "
         f"us/request (best of 5 batches), median {median_us:.1f}\n"
     )
@@ -682,10 +682,10 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     saar_args=("--log-level", "warning"),
                 )
             if opts.floor:
-                two = _two_message_template(with_saar, tmp)
+                # One bootstrap for both: the floor states its shape per request, as saar does.
                 for name, template, extra in (
                     ("floor", with_saar, []),
-                    ("floor2", two, ["--two-messages"]),
+                    ("floor2", with_saar, ["--two-messages"]),
                 ):
                     floor = LocalStack(
                         config_path=root / "config" / "local.yaml",
@@ -822,10 +822,11 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [
             "",
             "Floor, same rounds: Envoy + a bare Python ext_proc with no logic "
-            "(`saar.bench.nullproc`, grpc.aio + uvloop, same mutations as saar). *3 msgs* is "
-            "saar's shape (request headers, body, response headers); *2 msgs* skips the "
-            "response headers and lets the route copy the contract header. *saar over floor* "
-            "is what saar's own work adds on top of the 3-message hop.",
+            "(`saar.bench.nullproc`, grpc.aio + uvloop, same mutations as saar). *2 msgs* is "
+            "saar's default shape (request headers, body; the route copies the contract "
+            "headers, the access log is read and dropped); *3 msgs* adds the response-headers "
+            "round trip of `response_path: stream`. *saar over floor* is what saar's own work "
+            "adds on top of the 2-message hop.",
             "",
             "| Step | Floor | p50 / p95 / p99 ms | Added p50 / p95 / p99 ms | "
             "saar over floor p50 / p95 / p99 ms | Throughput req/s | CPU µs/req |",
@@ -833,13 +834,13 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
         for key, label in labels.items():
             on = s.get(f"saar/{key}")
-            for name, shape in (("floor", "3 msgs"), ("floor2", "2 msgs")):
+            for name, shape in (("floor2", "2 msgs"), ("floor", "3 msgs")):
                 fl, added = s.get(f"{name}/{key}"), s.get(f"added-{name}/{key}")
                 if fl is None or added is None or on is None:
                     continue
                 over = (
                     " / ".join(f"{on[m] - fl[m]:+.2f}" for m in ("p50", "p95", "p99"))
-                    if name == "floor"
+                    if name == "floor2"
                     else "-"
                 )
                 lines.append(

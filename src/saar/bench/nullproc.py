@@ -7,9 +7,12 @@ grpc.aio with uvloop, and does nothing else: no parsing, no policy, no store, no
 metrics. Whatever Envoy + saar costs above Envoy + this server is saar's own work; what this
 server costs above Envoy alone is the price of a Python ext_proc hop on the machine.
 
-With ``--two-messages`` it serves the 2-message shape (Envoy's ``response_header_mode: SKIP``):
-the contract header is set on the *request* in the body response and the route copies it to
-the response (``response_headers_to_add: %REQ(...)%``), so no response-headers round trip.
+Both shapes are stated per request with ``mode_override``, as saar does. With
+``--two-messages`` it serves saar's default shape (docs/design/0004): response headers SKIP,
+the contract headers set on the *request* in the body response for the route to copy
+(``%REQ(...)%``), and Envoy's access log received (and discarded) on the same socket. Without
+it, the 3-message shape of ``server.response_path: stream``: the contract headers answer the
+response-headers message. Either way the ten contract headers are set, as saar sets them.
 
 Run: ``python -m saar.bench.nullproc SOCKET_PATH [--two-messages]`` (prints ``nullproc ready``).
 """
@@ -21,17 +24,18 @@ import asyncio
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 
 from saar.extproc import responses
+from saar.policy.headers import CONTRACT_HEADERS
 
-__all__ = ["NullProcessor", "main"]
+__all__ = ["NullAccessLog", "NullProcessor", "main"]
 
 _CLUSTER = "pool_mi300_small"
-_CONTRACT = (("x-vsr-selected-model", "m"),)
+_CONTRACT = tuple((name, "m") for name in CONTRACT_HEADERS)
 
 # The same builders saar uses (saar.extproc.responses), so the floor's messages are saar's.
-_REQUEST_HEADERS = responses.continue_request_headers()
 _RESPONSE_HEADERS = responses.response_headers(_CONTRACT)
 _OTHER = responses.continue_response_body()
 
@@ -40,7 +44,8 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Answers every message with the cheapest response of the same shape as saar's."""
 
     def __init__(self, *, two_messages: bool = False) -> None:
-        # 2-message shape: the contract header rides on the request for the route to copy.
+        self._request_headers = responses.route_request_headers(response_headers=not two_messages)
+        # 2-message shape: the contract headers ride on the request for the route to copy.
         self._contract = (
             _RESPONSE_HEADERS.response_headers.response.header_mutation.set_headers
             if two_messages
@@ -55,7 +60,7 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 return
             kind = message.WhichOneof("request")
             if kind == "request_headers":
-                await context.write(_REQUEST_HEADERS)
+                await context.write(self._request_headers)
             elif kind == "request_body":
                 reply = responses.route_request_body(
                     cluster=_CLUSTER, affinity_key="floor", body=message.request_body.body
@@ -69,6 +74,18 @@ class NullProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 await context.write(_OTHER)
 
 
+class NullAccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Reads Envoy's access-log batches and drops them (the floor of saar's response path)."""
+
+    async def StreamAccessLogs(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> als_pb2.StreamAccessLogsResponse:
+        """Drain one logger's stream."""
+        while await context.read() is not grpc.aio.EOF:
+            pass
+        return als_pb2.StreamAccessLogsResponse()
+
+
 async def _serve(socket_path: str, *, two_messages: bool) -> None:
     server = grpc.aio.server(
         options=[
@@ -79,6 +96,7 @@ async def _serve(socket_path: str, *, two_messages: bool) -> None:
     ep_grpc.add_ExternalProcessorServicer_to_server(
         NullProcessor(two_messages=two_messages), server
     )
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(NullAccessLog(), server)
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     print("nullproc ready", flush=True)

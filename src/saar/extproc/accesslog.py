@@ -43,25 +43,23 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> als_pb2.StreamAccessLogsResponse:
         """Consume one logger's stream until Envoy closes it."""
-        observe = self._router.observe_logged
         while True:
             message = await context.read()
             if message is grpc.aio.EOF:
                 return als_pb2.StreamAccessLogsResponse()
-            for entry in message.http_logs.log_entry:
-                try:
-                    replay_id = entry.request.request_headers.get(HEADER_REPLAY_ID)
-                    if not replay_id:
-                        continue
-                    address = entry.common_properties.upstream_remote_address.socket_address
-                    served_by = (
-                        f"{address.address}:{address.port_value}" if address.address else None
-                    )
-                    observe(
-                        replay_id,
-                        status=entry.response.response_code.value,
-                        served_by=served_by,
-                    )
-                except Exception:  # one bad entry must not lose the rest of the batch
-                    self._metrics.background_errors.labels(task="access_log").inc()
-                    _log.exception("access_log_entry_error")
+            self.consume(message)
+
+    def consume(self, message: als_pb2.StreamAccessLogsMessage) -> None:
+        """Hand each routed response of one batch to the router's response path."""
+        observe = self._router.observe_logged
+        for entry in message.http_logs.log_entry:
+            try:
+                replay_id = entry.request.request_headers.get(HEADER_REPLAY_ID)
+                if not replay_id:
+                    continue
+                address = entry.common_properties.upstream_remote_address.socket_address
+                served_by = f"{address.address}:{address.port_value}" if address.address else None
+                observe(replay_id, status=entry.response.response_code.value, served_by=served_by)
+            except Exception:  # one bad entry must not lose the rest of the batch
+                self._metrics.background_errors.labels(task="access_log").inc()
+                _log.exception("access_log_entry_error")
