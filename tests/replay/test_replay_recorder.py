@@ -219,3 +219,47 @@ def test_closed_recorder_drops(tmp_path: Path) -> None:
     assert recorder.submit(*_decision(2)) is False
     assert recorder.stats.dropped == {DropReason.CLOSED: 1}
     assert SqliteReplayStore(tmp_path / "r.db").count() == 1
+
+
+class RecordingStore(GatedStore):
+    """Passes writes through and remembers what each one carried."""
+
+    def __init__(self, inner: SqliteReplayStore) -> None:
+        super().__init__(inner)
+        self.gate.set()
+        self.calls: list[tuple[list[str], list[str], list[str]]] = []
+
+    def write(
+        self, records: Sequence[ReplayRecord], responses: Sequence[tuple[str, ResponseRecord]]
+    ) -> None:
+        self.calls.append(
+            (
+                [r.replay_id for r in records],
+                [r.replay_id for r in records if r.response is not None],
+                [replay_id for replay_id, _ in responses],
+            )
+        )
+        super().write(records, responses)
+
+
+def test_a_late_response_is_inserted_with_its_record(tmp_path: Path) -> None:
+    """A response arriving an interval after its decision (the access-log path) needs no UPDATE."""
+    store = RecordingStore(SqliteReplayStore(tmp_path / "r.db"))
+    recorder = ReplayRecorder(store, ReplayConfig(flush_interval_ms=400))
+    recorder.start()
+    (decision, f), (other, g) = _decision(1), _decision(2)
+    recorder.submit(decision, f)
+    deadline = time.monotonic() + 5
+    while recorder.queue_depth() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the writer has taken the decision
+    time.sleep(0.02)
+    assert [] == store.calls  # taken and held back: not written without its response
+    recorder.record_response(ResponseFacts(decision.replay_id, 200, cached_tokens=7))
+    recorder.submit(other, g)  # never answered: written at the flush
+    assert recorder.flush(10)
+    written = [rid for ids, _, _ in store.calls for rid in ids]
+    assert sorted([decision.replay_id, other.replay_id]) == sorted(written)
+    assert [decision.replay_id] == [rid for _, with_resp, _ in store.calls for rid in with_resp]
+    assert [] == [rid for _, _, merges in store.calls for rid in merges]
+    assert 7 == recorder.store.get(decision.replay_id).response.cached_tokens
+    recorder.close()

@@ -12,7 +12,12 @@ counted (``queue_full``).
 The writer thread sleeps for ``flush_interval_ms``, then drains everything queued in one go:
 it builds the ``ReplayRecord`` s (the trace dict, hashing handles), folds each response that
 arrived in the same batch into its record (one INSERT instead of an INSERT and an UPDATE),
-and commits at most ``batch_size`` items per SQLite transaction. Between chunks of work it
+and commits at most ``batch_size`` items per SQLite transaction. A decision whose response has
+not arrived yet is held back for one more interval (once): under the default access-log
+response path the status comes ~0.1-0.3 s after the decision, and holding the record lets it
+be inserted together with its response instead of inserted and then merged (a SELECT, a
+decode and an UPDATE per request). ``flush()`` and ``close()`` write everything held.
+Between chunks of work it
 yields the GIL (``time.sleep(0)``) so the event loop never waits a whole switch interval
 behind it. Response-path updates go through the same queue, so a record is always inserted
 before its response is merged. A database that is locked or a disk that is full makes the
@@ -157,6 +162,8 @@ class ReplayRecorder:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.stats = RecorderStats()
+        # Decisions held back one interval for their response (writer thread only).
+        self._held: list[object] = []
 
     @classmethod
     def from_config(
@@ -278,6 +285,7 @@ class ReplayRecorder:
                     flushes.append(item)
                 else:
                     batch.append(item)
+            batch = self._hold_unanswered(batch, final=stopping or bool(flushes))
             for start in range(0, len(batch), batch_size):
                 self._write(batch[start : start + batch_size])
             for marker in flushes:
@@ -285,6 +293,31 @@ class ReplayRecorder:
             if time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + config.retention_interval_s
+
+    def _hold_unanswered(self, batch: list[object], *, final: bool) -> list[object]:
+        """Put last round's held decisions first; hold this round's unanswered ones back."""
+        held = self._held
+        self._held = []
+        if final:
+            return held + batch
+        answered = {
+            item[0].request_id
+            for item in batch
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], ResponseFacts)
+        }
+        keep: list[object] = []
+        for item in batch:
+            if (
+                isinstance(item, tuple)
+                and len(item) == 4
+                and isinstance(item[0], Decision)
+                and item[0].replay_id not in answered
+            ):
+                self._held.append(item)
+            else:
+                keep.append(item)
+        # Held items come first: a record is always built before a response merged into it.
+        return held + keep
 
     def _write(self, items: list[object]) -> None:
         records: list[ReplayRecord] = []
