@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -50,7 +51,17 @@ from saar.state.config import Backend, FailOpenTo, StoreConfig, StoreConfigError
 
 __all__ = ["ConfigError", "ServerSettings", "Settings", "load_settings", "parse_settings"]
 
-_E = TypeVar("_E", SelectionMethod, AdaptationMode, Scope, MatchMode)
+
+class ResponsePath(StrEnum):
+    """Where the response path learns from (``server.response_path``, docs/design/0004)."""
+
+    ACCESS_LOG = "access_log"
+    """Two ext_proc messages per Chat/Messages call; status from Envoy's gRPC access log."""
+    STREAM = "stream"
+    """Response headers on the ext_proc stream; 2xx bodies observed to the end."""
+
+
+_E = TypeVar("_E", SelectionMethod, AdaptationMode, Scope, MatchMode, ResponsePath)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _CLUSTER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -88,7 +99,7 @@ class ServerSettings:
     """Stream 2xx response bodies through saar (never altered) to learn tool calls, response
     ids and cached tokens; off, saar learns only from statuses and the next request. Under
     ``response_path: access_log`` only Responses API bodies are observed, up to their id."""
-    response_path: str = "access_log"
+    response_path: ResponsePath = ResponsePath.ACCESS_LOG
     """Where the response path learns from (docs/design/0004). ``access_log``: Chat and
     Messages requests cost two ext_proc messages; the route copies the contract headers and
     status and served-by arrive batched on Envoy's gRPC access log; Responses API streams are
@@ -503,7 +514,7 @@ def _parse_server(node: _Node, pools: Mapping[str, Pool]) -> ServerSettings:
         hash_identities_in_logs=node.child("hash_identities_in_logs").boolean(True),
         drain_seconds=node.child("drain_seconds").number(default=20.0, low=0.0, high=3600.0),
         learn_from_response_bodies=node.child("learn_from_response_bodies").boolean(True),
-        response_path=_response_path(node.child("response_path")),
+        response_path=node.child("response_path").choice(ResponsePath, ResponsePath.ACCESS_LOG),
         access_log_pending_max=node.child("access_log_pending_max").integer(
             default=100_000, low=1_000, high=10_000_000
         ),
@@ -511,16 +522,6 @@ def _parse_server(node: _Node, pools: Mapping[str, Pool]) -> ServerSettings:
             default=900.0, low=10.0, high=86_400.0
         ),
     )
-
-
-_RESPONSE_PATHS = ("access_log", "stream")
-
-
-def _response_path(node: _Node) -> str:
-    value = node.string(default="access_log")
-    if value not in _RESPONSE_PATHS:
-        raise node.fail(f"must be one of {', '.join(_RESPONSE_PATHS)}, got {value!r}")
-    return value
 
 
 def _check_address(node: _Node) -> None:

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from saar.policy.decision import Decision
 from saar.policy.facts import ResponseFacts
 from saar.policy.headers import CONTRACT_HEADERS, HEADER_REPLAY_ID
-from saar.settings import Settings, load_settings
+from saar.settings import ResponsePath, Settings, load_settings
 from saar.testing.extproc import (
     ExtProcHarness,
     access_log_message,
@@ -69,7 +69,7 @@ def counter(saar: ExtProcHarness, name: str, **labels: str) -> float:
 async def test_default_chat_call_is_two_messages_with_the_contract_on_the_request(
     settings: Settings,
 ) -> None:
-    assert "access_log" == settings.server.response_path
+    assert ResponsePath.ACCESS_LOG is settings.server.response_path
     async with ExtProcHarness(settings) as saar:
         turn = await saar.exchange(body=chat("hello"), headers=SESSION, status=200)
         await saar.router.drain()
@@ -87,7 +87,7 @@ async def test_default_chat_call_is_two_messages_with_the_contract_on_the_reques
 async def test_access_log_entry_runs_the_response_path_once(settings: Settings) -> None:
     async with ExtProcHarness(settings) as saar:
         spy = LearnSpy(saar)
-        # status 0 tells the harness not to log: the test sends the entries itself.
+        # A raw stream, so the test sends the access-log entries itself.
         stream = saar.open()
         body = json.dumps(chat("hello")).encode()
         headers = {":path": "/v1/chat/completions", ":method": "POST", **SESSION}
@@ -151,7 +151,7 @@ async def test_a_failure_from_the_log_keeps_the_tool_loop_on_its_owner(
 
 
 async def test_stream_mode_answers_the_response_headers_itself(settings: Settings) -> None:
-    async with ExtProcHarness(with_server(settings, response_path="stream")) as saar:
+    async with ExtProcHarness(with_server(settings, response_path=ResponsePath.STREAM)) as saar:
         turn = await saar.exchange(body=chat("hello"), headers=SESSION)
     assert Mode.SEND == turn.request_headers_reply.mode_override.response_header_mode
     assert not set(CONTRACT_HEADERS) & set(turn.request_header_mutations)
@@ -210,7 +210,7 @@ async def test_responses_stream_is_released_once_its_id_is_known(settings: Setti
 
 
 async def test_stream_mode_observes_the_responses_stream_to_the_end(settings: Settings) -> None:
-    async with ExtProcHarness(with_server(settings, response_path="stream")) as saar:
+    async with ExtProcHarness(with_server(settings, response_path=ResponsePath.STREAM)) as saar:
         spy = LearnSpy(saar)
         stream, _ = await responses_stream(saar)
         await stream.send(body_chunk(CREATED))

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,10 +223,21 @@ def _volumes(options: InjectOptions) -> list[dict[str, Any]]:
     ]
 
 
-def _ensure_named(items: list[Any], item: dict[str, Any]) -> None:
-    """Replace the entry with ``item``'s name in place, or append ``item``."""
+def _ensure_named(
+    items: list[Any], item: dict[str, Any], *, ours: Callable[[Any], bool] | None = None
+) -> None:
+    """Replace saar's entry in place, or append ``item``.
+
+    saar's entry is the one with ``item``'s name, or the one ``ours`` recognises when the name
+    alone is shared with the operator's entries (access loggers).
+    """
     for index, existing in enumerate(items):
-        if isinstance(existing, dict) and existing.get("name") == item["name"]:
+        mine = (
+            ours(existing)
+            if ours is not None
+            else isinstance(existing, dict) and existing.get("name") == item["name"]
+        )
+        if mine:
             items[index] = item
             return
     items.append(item)
@@ -489,11 +500,7 @@ def _ensure_access_log(manager: dict[str, Any]) -> None:
     if not isinstance(entries, list):
         entries = []
         manager["access_log"] = entries
-    for index, entry in enumerate(entries):
-        if _is_saar_access_log(entry):
-            entries[index] = _access_log()
-            return
-    entries.append(_access_log())
+    _ensure_named(entries, _access_log(), ours=_is_saar_access_log)
 
 
 def _patch_manager(

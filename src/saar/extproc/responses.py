@@ -51,12 +51,15 @@ def continue_request_headers() -> ep.ProcessingResponse:
     return ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 
 
-def _routed_mode(*, response_headers: bool) -> processing_mode_pb2.ProcessingMode:
+def _mode(
+    *, response_headers: bool, request_body: int, response_body: int
+) -> processing_mode_pb2.ProcessingMode:
+    """A complete ``ProcessingMode``: every override restates all the modes it keeps."""
     return _Mode(
         request_header_mode=_Mode.SEND,
         response_header_mode=_Mode.SEND if response_headers else _Mode.SKIP,
-        request_body_mode=_Mode.BUFFERED,
-        response_body_mode=_Mode.NONE,
+        request_body_mode=request_body,
+        response_body_mode=response_body,
         request_trailer_mode=_Mode.SKIP,
         response_trailer_mode=_Mode.SKIP,
     )
@@ -64,10 +67,19 @@ def _routed_mode(*, response_headers: bool) -> processing_mode_pb2.ProcessingMod
 
 # Built once: protobuf messages are serialized on write and these are never mutated.
 _ROUTED_HEADERS_TWO = ep.ProcessingResponse(
-    request_headers=ep.HeadersResponse(), mode_override=_routed_mode(response_headers=False)
+    request_headers=ep.HeadersResponse(),
+    mode_override=_mode(
+        response_headers=False, request_body=_Mode.BUFFERED, response_body=_Mode.NONE
+    ),
 )
 _ROUTED_HEADERS_THREE = ep.ProcessingResponse(
-    request_headers=ep.HeadersResponse(), mode_override=_routed_mode(response_headers=True)
+    request_headers=ep.HeadersResponse(),
+    mode_override=_mode(
+        response_headers=True, request_body=_Mode.BUFFERED, response_body=_Mode.NONE
+    ),
+)
+_INSPECT_BODY = _mode(
+    response_headers=True, request_body=_Mode.BUFFERED, response_body=_Mode.STREAMED
 )
 
 
@@ -91,13 +103,8 @@ def passthrough_request_headers() -> ep.ProcessingResponse:
     """
     return ep.ProcessingResponse(
         request_headers=ep.HeadersResponse(),
-        mode_override=_Mode(
-            request_header_mode=_Mode.SEND,
-            response_header_mode=_Mode.SKIP,
-            request_body_mode=_Mode.NONE,
-            response_body_mode=_Mode.NONE,
-            request_trailer_mode=_Mode.SKIP,
-            response_trailer_mode=_Mode.SKIP,
+        mode_override=_mode(
+            response_headers=False, request_body=_Mode.NONE, response_body=_Mode.NONE
         ),
     )
 
@@ -159,16 +166,7 @@ def response_headers(
         response_headers=ep.HeadersResponse(response=ep.CommonResponse(header_mutation=mutation))
     )
     if inspect_body:
-        message.mode_override.CopyFrom(
-            _Mode(
-                request_header_mode=_Mode.SEND,
-                response_header_mode=_Mode.SEND,
-                request_body_mode=_Mode.BUFFERED,
-                response_body_mode=_Mode.STREAMED,
-                request_trailer_mode=_Mode.SKIP,
-                response_trailer_mode=_Mode.SKIP,
-            )
-        )
+        message.mode_override.CopyFrom(_INSPECT_BODY)
     return message
 
 

@@ -39,7 +39,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from saar.extproc import headers as h
 from saar.extproc import responses
-from saar.policy.facts import Api, RequestFacts
+from saar.policy.facts import Api, RequestFacts, ResponseFacts
+from saar.settings import ResponsePath
 from saar.state import StoreError, TransactionConflictError
 from saar.wire import ClientError, api_for_path, error_body, parse_request
 from saar.wire.response import ResponseObserver, needs_body
@@ -142,7 +143,8 @@ class ExtProcStream:
         # Only the Responses API mints provider state (the response id) saar must read from
         # the response; everything else the response path needs is in the access log.
         self._log_path = (
-            self._settings.server.response_path == "access_log" and api is not Api.RESPONSES
+            self._settings.server.response_path is ResponsePath.ACCESS_LOG
+            and api is not Api.RESPONSES
         )
         return responses.route_request_headers(response_headers=not self._log_path)
 
@@ -190,20 +192,18 @@ class ExtProcStream:
                 reason=decision.reason.value,
                 target=decision.target.key,
             )
-        body = parsed.rewrite_model(decision.target.model)
+        contract: tuple[tuple[str, str], ...] = ()
         if self._log_path:
             # No response message will come: the route copies the contract headers from the
             # request, and the access-log entry carrying the replay id closes the loop.
             self._stage = "done"
             router.await_log(decision)
-            return responses.route_request_body(
-                cluster=decision.target.cluster,
-                affinity_key=decision.affinity_key,
-                body=body,
-                contract=router.response_headers(decision),
-            )
+            contract = router.response_headers(decision)
         return responses.route_request_body(
-            cluster=decision.target.cluster, affinity_key=decision.affinity_key, body=body
+            cluster=decision.target.cluster,
+            affinity_key=decision.affinity_key,
+            body=parsed.rewrite_model(decision.target.model),
+            contract=contract,
         )
 
     def _fail_open(
@@ -253,7 +253,7 @@ class ExtProcStream:
                 facts.api, request_id=decision.replay_id, status=status, streaming=facts.stream
             )
             self._served_by = served_by
-            self._release = self._settings.server.response_path == "access_log"
+            self._release = self._settings.server.response_path is ResponsePath.ACCESS_LOG
             self._stage = "response_body"
             return responses.response_headers(headers, inspect_body=True)
         self._router.observe_response(decision, status=status, served_by=served_by)
@@ -272,16 +272,8 @@ class ExtProcStream:
 
     def _release_body(self, observer: ResponseObserver) -> None:
         """The response id is known: learn it now and let the rest of the stream go by."""
-        decision = self._decision
-        self._stage = "done"
-        self._observer = None
         self.released = True
-        if decision is None:
-            return
-        learned = replace(
-            observer.release(), served_by=self._served_by, physical=decision.target.key
-        )
-        self._router.learn(decision, learned)
+        self._learn_body(observer.release())
 
     def close(self) -> None:
         """The stream ended: a body still being observed was cut short (client or upstream)."""
@@ -290,16 +282,19 @@ class ExtProcStream:
 
     def _finish_body(self, *, complete: bool) -> None:
         observer = self._observer
+        if observer is None:
+            self._stage = "done"
+            return
+        self._learn_body(observer.finish(complete=complete))
+
+    def _learn_body(self, facts: ResponseFacts) -> None:
+        """Hand what the body taught to the router; this stream observes nothing more."""
         decision = self._decision
         self._stage = "done"
         self._observer = None
-        if observer is None or decision is None:
+        if decision is None:
             return
-        learned = replace(
-            observer.finish(complete=complete),
-            served_by=self._served_by,
-            physical=decision.target.key,
-        )
+        learned = replace(facts, served_by=self._served_by, physical=decision.target.key)
         self._router.learn(decision, learned)
 
 
