@@ -32,8 +32,9 @@ What is read, per API (ecosystem.md §4.4):
 
 * Chat: tool call ids from ``message.tool_calls[].id`` or streamed
   ``delta.tool_calls[{index, id}]`` (the first id per choice and index);
-  ``finish_reason`` of choice 0 (else the first seen); terminal: ``[DONE]``, or a
-  finish reason together with a usage chunk.
+  ``finish_reason`` of choice 0 (else the first seen); whole only with a finish reason,
+  then terminal: a data field that is exactly ``[DONE]``, or a usage chunk (a stream that
+  ends in ``[DONE]`` without ever saying why it finished was cut upstream).
 * Responses: ``call_id`` of ``*_call`` output items (``function_call``, ``custom_tool_call``
   ...: the same rule as the request side's results) from ``response.output_item.added``/
   ``done`` or the final output; ``finish_reason`` = ``status``, or
@@ -423,9 +424,12 @@ class ResponseObserver:
             except Exception:  # A parser bug must not fail the request.
                 self._failed = True
             self._stopped = True
-        done = self._terminal or (
-            self._api is Api.CHAT and self._finish is not None and self._usage_seen
-        )
+        if self._api is Api.CHAT:
+            # A Chat answer always says why it finished; [DONE] or a usage chunk without a
+            # finish reason is a stream cut upstream, not a whole answer.
+            done = self._finish is not None and (self._terminal or self._usage_seen)
+        else:
+            done = self._terminal
         prompt, cached = self._prompt, self._cached
         if self._api is Api.MESSAGES:
             prompt, cached = self._anthropic_prompt()
@@ -498,7 +502,7 @@ class ResponseObserver:
         if self._terminal:
             return  # Nothing after [DONE] belongs to this response.
         data = event.data
-        if data.startswith(_DONE):
+        if data.strip() == _DONE:
             self._terminal = True
             return
         try:

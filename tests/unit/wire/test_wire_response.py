@@ -861,3 +861,30 @@ def test_needs_body_rule(
     assert expected == needs_body(
         api, stream=stream, has_tools=has_tools, status=status, content_type=content_type
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: [DONE]\n\n",
+        b"data:[DONE]\ndata:[DONE]\n",
+        b"data: [DONE] trailing\n\n",
+        b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n'
+        b"data: [DONE]\n\n",
+    ],
+    ids=["done-only", "done-twice-one-event", "done-with-junk", "no-finish-reason"],
+)
+def test_chat_stream_without_a_finish_reason_is_not_whole(body: bytes) -> None:
+    """[DONE] alone is not an answer: a Chat stream is whole only once it said why it ended."""
+    assert False is observe(Api.CHAT, [body]).complete
+
+
+def test_chat_stream_with_finish_reason_and_done_is_whole() -> None:
+    """The ordinary vLLM ending (a finish reason, then exactly ``[DONE]``) is complete."""
+    body = (
+        b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n'
+        b'data: {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+        b"\n\ndata: [DONE]\n\n"
+    )
+    facts = observe(Api.CHAT, [body])
+    assert (True, "stop") == (facts.complete, facts.finish_reason)
