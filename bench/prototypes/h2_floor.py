@@ -50,7 +50,7 @@ from saar.bench.live import repo_root
 from saar.bench.matrix import _machine
 from saar.extproc import responses
 from saar.policy.headers import CONTRACT_HEADERS
-from saar.stack import ChildProcess, LocalStack, StackPorts
+from saar.stack import LocalStack
 
 _PROCESS = b"/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 _REPLY_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
@@ -186,46 +186,19 @@ async def _measure(small: bool) -> dict[str, Any]:
         tmp = Path(name)
         ports = iter(hp._distinct_ports(8))
         upstream_port = next(ports)
-        upstream = ChildProcess(
-            "upstream",
-            [sys.executable, "-m", "saar.bench.upstream", "--port", str(upstream_port)],
-            tmp / "upstream.log",
-            root,
-        )
-        upstream.start()
+        upstream = hp._upstream(root, upstream_port, tmp)
         stacks: dict[str, LocalStack] = {}
         try:
             await upstream.wait_for_output("upstream ready", 15.0)
             with_saar, plain = hp._templates(root, upstream_port, tmp)
+            stacks["envoy alone"] = hp._bare_stack(plain, tmp / "plain", ports)
             servers = {
-                "grpc.aio floor": [sys.executable, "-m", "saar.bench.nullproc"],
+                "grpc.aio floor": [sys.executable, "-m", "saar.bench.nullproc", "--two-messages"],
                 "h2 floor": [sys.executable, __file__, "--serve"],
             }
-            stacks["envoy alone"] = LocalStack(
-                config_path=root / "config" / "local.yaml",
-                envoy_template=plain,
-                workdir=tmp / "plain",
-                ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
-                with_emulator=False,
-                with_saar=False,
-            )
             for i, (label, command) in enumerate(servers.items()):
-                stack = LocalStack(
-                    config_path=root / "config" / "local.yaml",
-                    envoy_template=with_saar,
-                    workdir=tmp / f"s{i}",
-                    ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
-                    with_emulator=False,
-                    with_saar=False,
-                )
-                extra = ["--two-messages"] if "grpc" in label else []
-                child = ChildProcess(
-                    "saar", [*command, str(stack.socket_path), *extra], tmp / f"s{i}.log", root
-                )
-                child.start()
-                stack.children["saar"] = child
-                stacks[label] = stack
-                await child.wait_for_output("nullproc ready", 15.0)
+                stacks[label] = hp._bare_stack(with_saar, tmp / f"s{i}", ports)
+                await hp._attach_floor(stacks[label], command, tmp / f"s{i}.log")
             for stack in stacks.values():
                 await stack.start()
             for label, stack in stacks.items():

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -630,6 +631,39 @@ async def profile_on_message(requests: int, out: Path) -> dict[str, Any]:
 # --- running ---------------------------------------------------------------------------------
 
 
+def _upstream(root: Path, port: int, tmp: Path) -> ChildProcess:
+    """The trivial keep-alive upstream every pool points at (started, not yet ready)."""
+    upstream = ChildProcess(
+        "upstream",
+        [sys.executable, "-m", "saar.bench.upstream", "--port", str(port)],
+        tmp / "upstream.log",
+        repo_root(),
+    )
+    upstream.start()
+    return upstream
+
+
+def _bare_stack(template: Path, workdir: Path, ports: Iterator[int]) -> LocalStack:
+    """An Envoy with no saar of its own: Envoy alone, or the Envoy in front of a floor."""
+    return LocalStack(
+        config_path=repo_root() / "config" / "local.yaml",
+        envoy_template=template,
+        workdir=workdir,
+        ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
+        with_emulator=False,
+        with_saar=False,
+    )
+
+
+async def _attach_floor(stack: LocalStack, command: list[str], log: Path) -> None:
+    """Run a bare ext_proc (``command`` + the stack's socket path) as the stack's saar."""
+    # The stack stops the child registered as "saar" like its own saar.
+    child = ChildProcess("saar", [*command, str(stack.socket_path)], log, repo_root())
+    child.start()
+    stack.children["saar"] = child
+    await child.wait_for_output("nullproc ready", 15.0)
+
+
 async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[str, Any]:
     """Start the stacks, measure, and return the document (the profile is written too)."""
     root = repo_root()
@@ -638,25 +672,12 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
         tmp = Path(tmp_name)
         ports = iter(_distinct_ports(4 + 3 * (4 + len(opts.variants))))
         upstream_port = next(ports)
-        upstream = ChildProcess(
-            "upstream",
-            [sys.executable, "-m", "saar.bench.upstream", "--port", str(upstream_port)],
-            tmp / "upstream.log",
-            root,
-        )
-        upstream.start()
+        upstream = _upstream(root, upstream_port, tmp)
         stacks: dict[str, LocalStack] = {}
         try:
             await upstream.wait_for_output("upstream ready", 15.0)
             with_saar, plain = _templates(root, upstream_port, tmp)
-            stacks["plain"] = LocalStack(
-                config_path=root / "config" / "local.yaml",
-                envoy_template=plain,
-                workdir=tmp / "plain",
-                ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
-                with_emulator=False,
-                with_saar=False,
-            )
+            stacks["plain"] = _bare_stack(plain, tmp / "plain", ports)
             stacks["saar"] = LocalStack(
                 config_path=root / "config" / "local.yaml",
                 envoy_template=with_saar,
@@ -683,35 +704,13 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                 )
             if opts.floor:
                 # One bootstrap for both: the floor states its shape per request, as saar does.
-                for name, template, extra in (
-                    ("floor", with_saar, []),
-                    ("floor2", with_saar, ["--two-messages"]),
-                ):
-                    floor = LocalStack(
-                        config_path=root / "config" / "local.yaml",
-                        envoy_template=template,
-                        workdir=tmp / name,
-                        ports=StackPorts(listen=next(ports), envoy_admin=next(ports), metrics=None),
-                        with_emulator=False,
-                        with_saar=False,
-                    )
-                    # The stack stops the child registered as "saar" like its own saar.
-                    null = ChildProcess(
-                        "saar",
-                        [
-                            sys.executable,
-                            "-m",
-                            "saar.bench.nullproc",
-                            str(floor.socket_path),
-                            *extra,
-                        ],
+                for name, extra in (("floor", []), ("floor2", ["--two-messages"])):
+                    stacks[name] = _bare_stack(with_saar, tmp / name, ports)
+                    await _attach_floor(
+                        stacks[name],
+                        [sys.executable, "-m", "saar.bench.nullproc", *extra],
                         tmp / f"{name}.log",
-                        root,
                     )
-                    null.start()
-                    floor.children["saar"] = null
-                    stacks[name] = floor
-                    await null.wait_for_output("nullproc ready", 15.0)
             for stack in stacks.values():
                 await stack.start()
             for name in ("floor", "floor2"):
