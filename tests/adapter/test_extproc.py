@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from saar.policy import parse_pairs
-from saar.settings import Settings, load_settings
+from saar.settings import Settings
 from saar.state import MemoryStore, Versioned
 from saar.testing.extproc import (
     ExtProcHarness,
@@ -21,11 +21,6 @@ from saar.testing.extproc import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return load_settings(ROOT / "config" / "local.yaml")
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from saar.policy.decision import Decision
 from saar.policy.facts import ResponseFacts
 from saar.policy.headers import CONTRACT_HEADERS, HEADER_REPLAY_ID
-from saar.settings import ResponsePath, Settings, load_settings
+from saar.settings import ResponsePath, Settings
 from saar.testing.extproc import (
     ExtProcHarness,
     access_log_message,
@@ -32,11 +32,6 @@ from saar.testing.extproc import (
 ROOT = Path(__file__).resolve().parents[2]
 Mode = processing_mode_pb2.ProcessingMode
 SESSION = {"x-session-id": "s-1", "x-conversation-id": "c-1"}
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return load_settings(ROOT / "config" / "local.yaml")
 
 
 def with_server(settings: Settings, **changes: Any) -> Settings:

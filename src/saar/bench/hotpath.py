@@ -43,6 +43,7 @@ import yaml
 
 from saar.bench.live import repo_root
 from saar.bench.matrix import _facts, _machine
+from saar.settings import load_settings
 from saar.stack import ChildProcess, LocalStack, StackPorts
 
 __all__ = ["HotpathOptions", "agent_body", "main_hotpath", "run_hotpath"]
@@ -53,9 +54,17 @@ VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "noreplay": {"replay": {"enabled": False}},
     "nolearn": {"server": {"learn_from_response_bodies": False}},
     "stream": {"server": {"response_path": "stream"}},
+    "grpcio": {"server": {"transport": "grpcio"}},
+    "h2": {"server": {"transport": "h2"}},
 }
 """Config edits of the diagnostic saar variants (section -> keys to set)."""
 _SESSIONS: Final = 256
+_FLOORS: Final[dict[str, tuple[str, list[str]]]] = {
+    "floor": ("3 msgs, grpc.aio", []),
+    "floor2": ("2 msgs, grpc.aio", ["--two-messages"]),
+    "floor2-h2": ("2 msgs, h2", ["--two-messages", "--transport", "h2"]),
+}
+"""The bare ext_proc floors (``saar.bench.nullproc``): name -> (shape, arguments)."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,12 @@ class HotpathOptions:
     warmup_seconds: float = 1.5
     policy_seconds: float = 2.0
     profile_requests: int = 2000
-    variants: tuple[str, ...] = ("noreplay", "stream")
+    variants: tuple[str, ...] = ("noreplay", "stream", "grpcio")
     """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
     floor: bool = True
     """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor, in the
     2-message shape saar uses by default and in the 3-message shape of ``response_path:
-    stream``."""
+    stream`` on grpc.aio, and in the 2-message shape on saar's h2 transport."""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -457,7 +466,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "saar_threads_us_per_request": threads,
             "errors": sum(r[key]["errors"] for r in rounds),
         }
-    variants = ["saar", "floor", "floor2", *(f"saar-{v}" for v in VARIANTS)]
+    variants = ["saar", *_FLOORS, *(f"saar-{v}" for v in VARIANTS)]
     for variant, size, mode in ((v, s, m) for v in variants for s, m in _STEPS):
         saar, plain = f"{variant}/{size}/{mode}", f"plain/{size}/{mode}"
         if saar not in out or plain not in out:
@@ -670,7 +679,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
-        ports = iter(_distinct_ports(4 + 3 * (4 + len(opts.variants))))
+        ports = iter(_distinct_ports(4 + 3 * (2 + len(_FLOORS) + len(opts.variants))))
         upstream_port = next(ports)
         upstream = _upstream(root, upstream_port, tmp)
         stacks: dict[str, LocalStack] = {}
@@ -704,7 +713,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                 )
             if opts.floor:
                 # One bootstrap for both: the floor states its shape per request, as saar does.
-                for name, extra in (("floor", []), ("floor2", ["--two-messages"])):
+                for name, (_, extra) in _FLOORS.items():
                     stacks[name] = _bare_stack(with_saar, tmp / name, ports)
                     await _attach_floor(
                         stacks[name],
@@ -713,8 +722,8 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     )
             for stack in stacks.values():
                 await stack.start()
-            for name in ("floor", "floor2"):
-                # Both floor shapes must deliver the contract header, or they measure less work.
+            for name in _FLOORS:
+                # Every floor must deliver the contract header, or they measure less work.
                 if name in stacks:
                     seen = await asyncio.to_thread(_contract_header, stacks[name].ports.listen)
                     if seen != "m":
@@ -743,6 +752,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
         "options": opts.__dict__,
+        "transport": load_settings(root / "config" / "local.yaml").server.transport.value,
         "body_bytes": sizes,
         "summary": summary,
         "rounds": rounds,
@@ -817,15 +827,18 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{on['cpu_us_per_request'].get('saar', 0):,.0f} -> "
                 f"{off['cpu_us_per_request'].get('saar', 0):,.0f} |"
             )
-    if any(k.startswith("floor/") for k in s):
+    if any(k.startswith("floor") for k in s):
+        own = "floor2-h2" if doc.get("transport") == "h2" else "floor2"
         lines += [
             "",
             "Floor, same rounds: Envoy + a bare Python ext_proc with no logic "
-            "(`saar.bench.nullproc`, grpc.aio + uvloop, same mutations as saar). *2 msgs* is "
-            "saar's default shape (request headers, body; the route copies the contract "
-            "headers, the access log is read and dropped); *3 msgs* adds the response-headers "
-            "round trip of `response_path: stream`. *saar over floor* is what saar's own work "
-            "adds on top of the 2-message hop.",
+            "(`saar.bench.nullproc`, uvloop, same mutations as saar). *2 msgs* is saar's "
+            "default shape (request headers, body; the route copies the contract headers, the "
+            "access log is read and dropped); *3 msgs* adds the response-headers round trip of "
+            "`response_path: stream`. *grpc.aio* serves it with grpcio, *h2* with saar's own "
+            "transport (`server.transport: h2`, docs/design/0005). *saar over floor* is what "
+            f"saar's own work adds on top of the 2-message hop on its transport "
+            f"(`{doc.get('transport', 'grpcio')}`).",
             "",
             "| Step | Floor | p50 / p95 / p99 ms | Added p50 / p95 / p99 ms | "
             "saar over floor p50 / p95 / p99 ms | Throughput req/s | CPU µs/req |",
@@ -833,13 +846,13 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
         for key, label in labels.items():
             on = s.get(f"saar/{key}")
-            for name, shape in (("floor2", "2 msgs"), ("floor", "3 msgs")):
+            for name, (shape, _) in _FLOORS.items():
                 fl, added = s.get(f"{name}/{key}"), s.get(f"added-{name}/{key}")
                 if fl is None or added is None or on is None:
                     continue
                 over = (
                     " / ".join(f"{on[m] - fl[m]:+.2f}" for m in ("p50", "p95", "p99"))
-                    if name == "floor2"
+                    if name == own
                     else "-"
                 )
                 lines.append(

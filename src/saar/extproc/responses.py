@@ -14,6 +14,7 @@ Rules this module encodes (each learnt the hard way by others, see docs/design/0
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -126,18 +127,27 @@ def route_request_body(
     ``contract`` headers are set on the request, for the route to copy to the response
     (``%REQ(name)%``) when the response headers do not come back to saar.
     """
-    set_headers = [
-        _header(h.CLUSTER, cluster),
-        _header(h.AFFINITY_KEY, affinity_key),
-        _header(h.CONTENT_LENGTH, str(len(body))),
-    ]
-    set_headers.extend(_header(name, value) for name, value in contract)
-    common = ep.CommonResponse(
-        header_mutation=ep.HeaderMutation(set_headers=set_headers),
-        body_mutation=ep.BodyMutation(body=body),
-        clear_route_cache=True,
-    )
-    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+    # Built in place: passing a sub-message to a constructor copies it, and with upb each
+    # copy of a body mutation costs ~0.6 ms per 500 KB (measured: 968 -> 20 µs per reply).
+    reply = ep.ProcessingResponse()
+    common = reply.request_body.response
+    set_headers = common.header_mutation.set_headers
+    _set(set_headers, h.CLUSTER, cluster)
+    _set(set_headers, h.AFFINITY_KEY, affinity_key)
+    _set(set_headers, h.CONTENT_LENGTH, str(len(body)))
+    for name, value in contract:
+        _set(set_headers, name, value)
+    common.body_mutation.body = body
+    common.clear_route_cache = True
+    return reply
+
+
+def _set(set_headers: Any, name: str, value: str) -> None:
+    entry = set_headers.add()
+    # raw_value: Envoy 1.40 reads raw_value and ignores value when both are present.
+    entry.header.key = name
+    entry.header.raw_value = value.encode("utf-8", "replace")
+    entry.append_action = _OVERWRITE
 
 
 def client_error(status: int, body: bytes, details: str) -> ep.ProcessingResponse:

@@ -205,6 +205,20 @@ class Metrics:
             "Routed requests awaiting their Envoy access-log entry.",
             registry=r,
         )
+        self.transport_connections = Gauge(
+            "saar_transport_connections",
+            "HTTP/2 connections open on the h2 transport (server.transport: h2).",
+            registry=r,
+        )
+        self.transport_errors = Counter(
+            "saar_transport_errors_total",
+            "Calls or connections the h2 transport ended with an error, by reason (Envoy "
+            "then applies failure_mode_allow): protocol_error, bad_message, "
+            "message_too_large, compressed, bad_content_type, bad_timeout, unimplemented, "
+            "deadline_exceeded, internal_error.",
+            ["reason"],
+            registry=r,
+        )
         self.background_errors = Counter(
             "saar_background_errors_total",
             "Errors in off-the-hot-path work (response learning, replay), by task.",
