@@ -149,10 +149,15 @@ class ChildProcess:
     cwd: Path
     env: Mapping[str, str] | None = None
     process: subprocess.Popen[bytes] | None = None
+    offset: int = 0
+    """Where this start's output begins in ``log_path`` (earlier starts are kept above it)."""
 
     def start(self) -> None:
-        """Start the process (stdout and stderr into ``log_path``)."""
+        """Start the process (stdout and stderr appended to ``log_path``)."""
         log = self.log_path.open("ab")
+        # A restart in the same workdir (a retried stack) must not find the previous run's
+        # ready line: readiness is looked for only in what this start writes.
+        self.offset = log.tell()
         try:
             self.process = subprocess.Popen(
                 dies_with_parent(self.argv),
@@ -174,6 +179,14 @@ class ChildProcess:
         except FileNotFoundError:
             return ""
 
+    def _since_start(self) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process is not None and self.process.poll() is None
@@ -181,7 +194,7 @@ class ChildProcess:
     async def wait_for_output(self, marker: str, timeout_s: float) -> None:
         """Wait until the log contains ``marker``; fail with the log if the process dies."""
         deadline = time.monotonic() + timeout_s
-        while marker not in self.output():
+        while marker not in self._since_start():
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited early:\n{self.output()[-4000:]}")
             if time.monotonic() > deadline:

@@ -29,14 +29,21 @@ async def test_live_small_keeps_continuity_and_recovers() -> None:
 
 @pytest.mark.timeout(90)
 def test_hotpath_small_writes_ratios(tmp_path: Path) -> None:
-    """Both stacks answer, added latency and ratios are computed, files are written."""
+    """Every stack answers (saar, and each floor: grpc.aio and h2), added latency and ratios
+    are computed, files are written."""
     doc = main_hotpath(True, tmp_path)
     summary = doc["summary"]
-    for key in ("plain/20k/rate", "saar/20k/rate", "saar/20k/sat"):
+    floors = [
+        f"{name}/20k/{mode}"
+        for name in ("floor", "floor2", "floor2-h2")
+        for mode in ("rate", "sat")
+    ]
+    for key in ("plain/20k/rate", "saar/20k/rate", "saar/20k/sat", *floors):
         assert summary[key]["throughput"] > 0
         assert 0 == summary[key]["errors"]
     assert summary["added/20k/rate"]["ratio_saar_over_plain"]["p50"] > 0
     assert doc["policy_decisions_per_s"]["decide"] > 0
+    assert "| 2 msgs, h2 |" in (tmp_path / "hotpath-small.md").read_text()
     for name in ("hotpath-small.json", "hotpath-small.md", "hotpath-small-profile.txt"):
         assert (tmp_path / name).stat().st_size > 0
 

@@ -68,17 +68,3 @@ def test_session_memory_small_measures_each_layer(tmp_path: Path) -> None:
     assert 100 < doc["encoded_bytes"] < 4096
     assert doc["encoded_bytes"] <= doc["in_process_bytes_per_session"] < 16384
     assert 0 < doc["redis_bytes_per_session"] < 16384
-
-
-def test_h2_floor_prototype_small_serves_envoy_and_reports_both_floors(tmp_path: Path) -> None:
-    """The h2 prototype answers Envoy's ext_proc (the script checks the contract header
-    reached the client through each floor) and both floors are measured without errors."""
-    _run("bench/prototypes/h2_floor.py", "--small", "--out", str(tmp_path))
-    doc = json.loads((tmp_path / "prototype-h2-floor-small.json").read_text())
-    for step in ("50 req/s", "saturation"):  # --small runs the rate step at 50 req/s
-        for label in ("envoy alone", "grpc.aio floor", "h2 floor"):
-            row = doc["summary"][f"{step}/{label}"]
-            assert row["errors"] == 0
-            assert row["throughput"] > 0
-        assert doc["summary"][f"{step}/h2 floor"]["cpu_us_per_request"] > 0
-    assert "| h2 floor |" in (tmp_path / "prototype-h2-floor-small.md").read_text()
