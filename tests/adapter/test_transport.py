@@ -360,13 +360,19 @@ async def test_outbound_flow_control_waits_for_the_peers_window() -> None:
         client.close()
 
 
+async def held_request(path: str) -> tuple[RawClient, int]:
+    """A raw connection with one request whose body answer is held (``World.gate``)."""
+    client = await RawClient.open(path)
+    sid = client.start()
+    client.send(sid, request_headers_message(CHAT_HEADERS))
+    client.send(sid, request_body_message(b"hold"), end=True)
+    await asyncio.sleep(0.05)
+    return client, sid
+
+
 async def test_peer_goaway_still_gets_its_open_streams_answered() -> None:
     async with h2_server() as (_, world, path):
-        client = await RawClient.open(path)
-        sid = client.start()
-        client.send(sid, request_headers_message(CHAT_HEADERS))
-        client.send(sid, request_body_message(b"hold"), end=True)
-        await asyncio.sleep(0.05)
+        client, _ = await held_request(path)
         client.conn.close_connection()  # the peer's graceful GOAWAY
         client.flush()
         await asyncio.sleep(0.05)
@@ -385,11 +391,7 @@ async def test_peer_goaway_still_gets_its_open_streams_answered() -> None:
 
 async def test_drain_sends_goaway_finishes_open_streams_and_refuses_new_connections() -> None:
     async with h2_server() as (server, world, path):
-        client = await RawClient.open(path)
-        sid = client.start()
-        client.send(sid, request_headers_message(CHAT_HEADERS))
-        client.send(sid, request_body_message(b"hold"), end=True)
-        await asyncio.sleep(0.05)
+        client, sid = await held_request(path)
         drain = asyncio.create_task(server.drain(5.0))
         await client.pump(lambda: client.goaway is not None)
         assert client.goaway is not None and client.goaway.error_code == 0

@@ -41,7 +41,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import grpc
 import h2.config
@@ -54,7 +54,7 @@ import structlog
 from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import descriptor_pool
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
@@ -63,6 +63,7 @@ from saar.observability.metrics import Metrics
 __all__ = ["Forwarder", "H2Server", "ProcessStream", "Services", "adopt"]
 
 _log = structlog.get_logger("saar.transport")
+_M = TypeVar("_M", bound=Message)
 
 PROCESS_PATH: Final = b"/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 ACCESS_LOG_PATH: Final = b"/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
@@ -209,27 +210,19 @@ class Forwarder:
             )
         return self._channel
 
-    def unary(
+    def call(
         self,
         path: bytes,
         request: bytes,
         metadata: tuple[tuple[str, str | bytes], ...],
         timeout: float | None,
+        *,
+        streaming: bool,
     ) -> Any:
-        """Start a unary call; await the result for the reply bytes."""
-        call = self._open().unary_unary(path.decode("ascii"))
-        return call(request, metadata=metadata, timeout=timeout)
-
-    def server_stream(
-        self,
-        path: bytes,
-        request: bytes,
-        metadata: tuple[tuple[str, str | bytes], ...],
-        timeout: float | None,
-    ) -> Any:
-        """Start a server-streaming call; iterate it for the reply messages."""
-        call = self._open().unary_stream(path.decode("ascii"))
-        return call(request, metadata=metadata, timeout=timeout)
+        """Start a call: await it (unary) or iterate it (server streaming) for reply bytes."""
+        channel = self._open()
+        method = channel.unary_stream if streaming else channel.unary_unary
+        return method(path.decode("ascii"))(request, metadata=metadata, timeout=timeout)
 
     async def close(self) -> None:
         """Close the channel to the grpc.aio server."""
@@ -585,17 +578,8 @@ class _Connection(asyncio.Protocol):
             else:
                 self._process(call, message)
         elif kind is _Kind.ACCESS_LOG:
-            try:
-                batch = als_pb2.StreamAccessLogsMessage.FromString(message)
-            except DecodeError as exc:
-                self._fail(
-                    call,
-                    _RpcError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"StreamAccessLogsMessage does not parse: {exc}",
-                        "bad_message",
-                    ),
-                )
+            batch = self._parse(call, als_pb2.StreamAccessLogsMessage, message)
+            if batch is None:
                 return
             self._services.consume_log(batch)
         elif call.queue:  # a second request message on a unary or server-streaming call
@@ -640,22 +624,29 @@ class _Connection(asyncio.Protocol):
             call.task = asyncio.ensure_future(self._forward(call, call.queue.popleft()))
             call.task.add_done_callback(partial(self._forwarded, call))
 
-    # --- ext_proc ----------------------------------------------------------------------
-
-    def _process(self, call: _Call, raw: bytes) -> None:
-        ext = call.ext
-        assert ext is not None
+    def _parse(self, call: _Call, kind: type[_M], raw: bytes) -> _M | None:
+        """Parse one request message; a message that does not parse fails its call."""
         try:
-            message = ep.ProcessingRequest.FromString(raw)
+            parsed: _M = kind.FromString(raw)
         except DecodeError as exc:
             self._fail(
                 call,
                 _RpcError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"ProcessingRequest does not parse: {exc}",
+                    f"{kind.__name__} does not parse: {exc}",
                     "bad_message",
                 ),
             )
+            return None
+        return parsed
+
+    # --- ext_proc ----------------------------------------------------------------------
+
+    def _process(self, call: _Call, raw: bytes) -> None:
+        ext = call.ext
+        assert ext is not None
+        message = self._parse(call, ep.ProcessingRequest, raw)
+        if message is None:
             return
         coro = ext.on_message(message)
         if message.WhichOneof("request") == "request_body":
@@ -707,11 +698,15 @@ class _Connection(asyncio.Protocol):
         assert forwarder is not None
         try:
             if call.kind is _Kind.UNARY:
-                reply = await forwarder.unary(call.path, request, call.metadata, call.timeout)
+                reply = await forwarder.call(
+                    call.path, request, call.metadata, call.timeout, streaming=False
+                )
                 self._send(call, reply)
                 self._write()
             else:
-                stream = forwarder.server_stream(call.path, request, call.metadata, call.timeout)
+                stream = forwarder.call(
+                    call.path, request, call.metadata, call.timeout, streaming=True
+                )
                 async for reply in stream:
                     if call.finished or self._closed:
                         stream.cancel()
