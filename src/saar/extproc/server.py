@@ -197,12 +197,12 @@ class ExtProcServer:
         socket = Path(path)
         socket.parent.mkdir(parents=True, exist_ok=True)
         address = f"unix:{os.fspath(socket)}"
+        with contextlib.suppress(FileNotFoundError):
+            if socket.is_socket():
+                socket.unlink()
         if self._h2 is not None:
             self._h2.bind_unix(os.fspath(socket))
         else:
-            with contextlib.suppress(FileNotFoundError):
-                if socket.is_socket():
-                    socket.unlink()
             self._server.add_insecure_port(address)
         self.addresses.append(address)
         return address

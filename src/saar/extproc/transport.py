@@ -31,16 +31,15 @@ deadline.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
-import os
 import socket as socketlib
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, cast
 
 import grpc
@@ -80,9 +79,8 @@ _TIMEOUT_UNITS: Final = {
     b"n": 1e-9,
 }
 # Headers that belong to the HTTP/2 or gRPC layer, not to a call's metadata.
-_TRANSPORT_HEADERS: Final = frozenset(
-    {b"content-type", b"te", b"user-agent", b"grpc-timeout", b"grpc-encoding"}
-)
+# (Every ``grpc-*`` header is dropped too.)
+_TRANSPORT_HEADERS: Final = frozenset({b"content-type", b"te", b"user-agent"})
 # Windows as large as HTTP/2 allows: Envoy's buffered bodies arrive in one go, and saar
 # consumes every byte as it arrives, so a smaller window would only add WINDOW_UPDATE trips.
 _MAX_WINDOW: Final = 2**31 - 1
@@ -905,11 +903,8 @@ class H2Server:
         self._idle = asyncio.Event()
 
     def bind_unix(self, path: str) -> None:
-        """Listen on a Unix socket (a stale socket file from a crash is replaced)."""
+        """Listen on a Unix socket (the caller replaces a stale socket file)."""
         sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            if Path(path).is_socket():
-                os.unlink(path)
         sock.bind(path)
         self._listen(sock)
 
@@ -1024,8 +1019,6 @@ def _percent_encode(message: str) -> bytes:
 
 def _metadata(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
     """A forwarded call's metadata: every header but HTTP/2 pseudo and gRPC transport ones."""
-    import base64  # noqa: PLC0415 - forwarded calls only
-
     out: list[tuple[str, str | bytes]] = []
     for name, value in headers:
         if name.startswith(b":") or name in _TRANSPORT_HEADERS or name.startswith(b"grpc-"):
