@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -155,6 +156,12 @@ async def serve(config_path: str, options: ServeOptions) -> int:
 
     watcher = asyncio.create_task(_watch(watched, options.watch_interval_s, reload))
 
+    # Everything built so far (modules, protobuf descriptors, config) lives as long as the
+    # process: move it out of the collector's reach, so a full collection scans only what
+    # requests keep alive. Measured: a full pass over saar's startup heap (~128k objects)
+    # takes ~54 ms, a stall in whichever request triggers it; after the freeze, ~0 ms.
+    gc.collect()
+    gc.freeze()
     _log.info("saar_ready", addresses=addresses, config=settings.source)
     # The exact line tools and tests wait for.
     print(f"saar ready: ext_proc on {', '.join(addresses)}", flush=True)

@@ -43,6 +43,40 @@ _log = structlog.get_logger("saar.router")
 # lost race re-runs the pure decision on fresh state. Jittered backoff spreads the retries.
 _MAX_ATTEMPTS = 12
 _BACKOFF_S = 0.002
+# Decoded session records kept by their exact bytes (``_StateMemo``); a few thousand live
+# sessions per replica fit, and a miss only costs one decode.
+_MEMO_ENTRIES = 4096
+
+
+class _StateMemo:
+    """Stored session bytes -> the immutable ``SessionState`` they encode (bounded, FIFO).
+
+    Every request decodes its session twice and encodes it twice (route, then learn), and the
+    record it decodes is nearly always one this process just encoded: the route's new state
+    is what the learn step reads, and the learn's new state is what the next turn reads. The
+    codec is stdlib JSON (the policy is pure), so remembering what each written record decodes
+    to saves the decodes outright. ``SessionState`` is frozen and ``decode(encode(s)) == s``,
+    so a hit is exactly what a decode would return; a record written by another replica (or
+    changed in Redis) has other bytes and is simply a miss.
+    """
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int = _MEMO_ENTRIES) -> None:
+        self._entries: dict[bytes, SessionState] = {}
+        self._limit = limit
+
+    def get(self, data: bytes) -> SessionState | None:
+        """The state ``data`` encodes, if this process wrote or read it recently."""
+        return self._entries.get(data)
+
+    def put(self, data: bytes, state: SessionState) -> None:
+        """Remember that ``data`` decodes to ``state``; the oldest entry goes when full."""
+        entries = self._entries
+        if len(entries) >= self._limit and data not in entries:
+            # Insertion order is age order: drop the oldest (no LRU bookkeeping per hit).
+            del entries[next(iter(entries))]
+        entries[data] = state
 
 
 class DecisionRecorder(Protocol):
@@ -87,6 +121,7 @@ class Router:
         # Read at scrape time: no per-request cost.
         metrics.access_log_pending.set_function(lambda: len(self._awaiting))
         self._expiry_logged_at = -60.0
+        self._memo = _StateMemo()
 
     @property
     def settings(self) -> Settings:
@@ -133,7 +168,7 @@ class Router:
             def step(current: Versioned | None) -> tuple[Decision, bytes | None]:
                 state = self._decode(current)
                 decision, new_state = policy.decide(state, facts, config, self._clock())
-                return decision, None if new_state is None else new_state.encode()
+                return decision, None if new_state is None else self._encode(new_state)
 
             outcome = await transact(
                 self._store,
@@ -264,7 +299,7 @@ class Router:
             new_state = policy.apply_response(state, response, config, self._clock())
             if new_state is None or new_state is state:
                 return None, None
-            return None, new_state.encode()
+            return None, self._encode(new_state)
 
         await transact(
             self._store,
@@ -275,17 +310,28 @@ class Router:
             backoff_s=_BACKOFF_S,
         )
 
+    def _encode(self, state: SessionState) -> bytes:
+        data = state.encode()
+        self._memo.put(data, state)
+        return data
+
     def _decode(self, current: Versioned | None) -> SessionState | None:
         if current is None:
             return None
+        data = current.data
+        known = self._memo.get(data)
+        if known is not None:
+            return known
         try:
-            return SessionState.decode(current.data)
+            state = SessionState.decode(data)
         except SessionCodecError as exc:
             # A corrupt or future-version record must not take the request down: start the
             # session afresh (the decision's reason says so) and overwrite it.
             self._metrics.state_decode_errors.inc()
             _log.warning("state_decode_error", error=str(exc))
             return None
+        self._memo.put(data, state)
+        return state
 
     def _record(self, decision: Decision, facts: RequestFacts, latency_s: float) -> None:
         metrics = self._metrics

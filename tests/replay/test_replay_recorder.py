@@ -14,7 +14,7 @@ from replay_builders import facts, make_config
 from saar.policy import ResponseFacts, decide
 from saar.replay.config import ReplayConfig
 from saar.replay.record import Outcome, ReplayRecord, ResponseRecord
-from saar.replay.recorder import DropReason, ReplayRecorder
+from saar.replay.recorder import WRITER_THREAD_NAME, DropReason, ReplayRecorder
 from saar.replay.store import SqliteReplayStore
 
 
@@ -263,3 +263,16 @@ def test_a_late_response_is_inserted_with_its_record(tmp_path: Path) -> None:
     assert [] == [rid for _, _, merges in store.calls for rid in merges]
     assert 7 == recorder.store.get(decision.replay_id).response.cached_tokens
     recorder.close()
+
+
+def test_writer_thread_is_named_for_the_os(tmp_path: Path) -> None:
+    """``top -H`` shows the writer as saar-replay, not as one more ``python``."""
+    recorder = ReplayRecorder.from_config(ReplayConfig(path=str(tmp_path / "r.db")))
+    recorder.start()
+    try:
+        assert recorder.flush(10)  # the writer has run its first lines
+        names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+    finally:
+        recorder.close()
+    assert WRITER_THREAD_NAME in names
+    assert "saar-replay" == WRITER_THREAD_NAME

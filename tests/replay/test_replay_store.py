@@ -89,6 +89,22 @@ def test_response_updates_merge_field_by_field(store: SqliteReplayStore) -> None
     assert len(resp.tool_call_ids) == 1
 
 
+def test_a_record_written_again_with_its_response_merges_into_the_stored_one(
+    store: SqliteReplayStore,
+) -> None:
+    """Records carrying responses in one batch: new ids insert both, a known id merges."""
+    store.write([_record("old")], [])
+    store.write([], [("old", response_record(ResponseFacts("old", 503), at=1001.0))])
+    usage = ResponseFacts("old", 200, prompt_tokens=50, completion_tokens=7)
+    again = _record("old").with_results(response_record(usage, at=1002.0), ())
+    fresh = _record("new").with_results(response_record(ResponseFacts("new", 429), at=1003.0), ())
+    store.write([again, fresh], [])
+    old = store.get("old").response
+    assert (old.status, old.prompt_tokens, old.completion_tokens) == (200, 50, 7)
+    assert store.get("new").response.status == 429
+    assert store.count() == 2
+
+
 def test_response_for_unknown_record_is_ignored(store: SqliteReplayStore) -> None:
     """A response whose record was dropped does not fail the batch."""
     store.write([_record("r1")], [("nope", response_record(ResponseFacts("nope", 500), at=1.0))])

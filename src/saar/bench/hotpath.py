@@ -43,6 +43,7 @@ import yaml
 
 from saar.bench.live import repo_root
 from saar.bench.matrix import _facts, _machine
+from saar.replay.recorder import WRITER_THREAD_NAME
 from saar.settings import load_settings
 from saar.stack import ChildProcess, LocalStack, StackPorts
 
@@ -777,8 +778,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "(other work shares this box)",
         "",
         "| Step | Envoy alone p50 / p95 / p99 ms | Envoy + saar p50 / p95 / p99 ms | "
-        "Added p50 / p95 / p99 ms | Throughput alone / saar req/s | saar CPU µs/req | "
-        "Envoy CPU µs/req alone / saar |",
+        "Added p50 / p95 / p99 ms | Throughput alone / saar req/s | "
+        "saar CPU µs/req (replay writer) | Envoy CPU µs/req alone / saar |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     labels = {
@@ -795,7 +796,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{saar['p50']:.2f} / {saar['p95']:.2f} / {saar['p99']:.2f} | "
             f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | "
             f"{plain['throughput']:,.0f} / {saar['throughput']:,.0f} | "
-            f"{saar['cpu_us_per_request'].get('saar', 0):,.0f} | "
+            f"{saar['cpu_us_per_request'].get('saar', 0):,.0f} "
+            f"({saar.get('saar_threads_us_per_request', {}).get(WRITER_THREAD_NAME, 0):,.0f}) | "
             f"{plain['cpu_us_per_request'].get('envoy', 0):,.0f} / "
             f"{saar['cpu_us_per_request'].get('envoy', 0):,.0f} |"
         )

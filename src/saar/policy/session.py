@@ -38,6 +38,8 @@ MAX_SWITCH_TIMES: Final = 8
 MAX_OPEN_CALLS: Final = 64
 MAX_RESPONSE_IDS: Final = 16
 MAX_FAILURE_ENTRIES: Final = 8
+# One encoder for every record: ``json.dumps`` with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class SessionCodecError(ValueError):
@@ -137,7 +139,7 @@ class SessionState:
         _put(out, "ri", list(self.response_ids), [])
         _put(out, "rp", self.replay_id, "")
         _put(out, "fl", [list(pair) for pair in self.failures], [])
-        return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(out).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> SessionState:
