@@ -419,3 +419,29 @@ def test_dashboard_queries_only_existing_metrics() -> None:
         "saar_config_reloads_total",
     ):
         assert required in used, required
+
+
+def test_dashboard_panels_tile_the_grid() -> None:
+    """Every panel has an integer position inside Grafana's 24-column grid, none overlap,
+    and stat panels colour by thresholds that sit where Grafana reads them."""
+    dashboard = json.loads((DEPLOY / "dashboards/saar.json").read_text(encoding="utf-8"))
+    taken: set[tuple[int, int]] = set()
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert all(type(pos[k]) is int for k in ("x", "y", "w", "h")), panel["title"]
+        assert 0 <= pos["x"] and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        cells = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+        if panel["type"] == "stat":
+            steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            assert steps and steps[0]["value"] is None, panel["title"]
+    used = {name for p in dashboard["panels"] for t in p["targets"] for name in [t["expr"]]}
+    assert any("saar_transport_errors_total" in expr for expr in used)
+    assert any("saar_replay_dropped_total" in expr for expr in used)
