@@ -23,6 +23,7 @@ from saar.extproc.server import ExtProcServer
 from saar.observability.metrics import Metrics
 from saar.replay import ReplayRecorder, SqliteReplayStore
 from saar.replay.http import ReplayHttpServer, make_app
+from saar.replay.process import ProcessReplayRecorder
 from saar.router import Router
 from saar.settings import ConfigError, ServerSettings, Settings, load_settings
 from saar.state import build_store
@@ -72,6 +73,10 @@ class MetricsReplayObserver:
         self._metrics.replay_written.inc(n)
         self._metrics.replay_batch_seconds.observe(seconds)
 
+    def on_writer_started(self, restart: bool) -> None:
+        """Count a writer process start."""
+        self._metrics.replay_writer_starts.labels(kind="restart" if restart else "initial").inc()
+
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
@@ -99,16 +104,19 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     settings = _with_overrides(load_settings(config_path), options)
     metrics = Metrics()
     store = build_store(settings.state, MetricsStoreObserver(metrics))
-    recorder: ReplayRecorder | None = None
+    recorder: ReplayRecorder | ProcessReplayRecorder | None = None
     replay_store: SqliteReplayStore | None = None
     if settings.replay.enabled:
         Path(settings.replay.path).parent.mkdir(parents=True, exist_ok=True)
-        recorder = ReplayRecorder.from_config(
-            settings.replay, observer=MetricsReplayObserver(metrics)
-        )
+        # Opened first: a replay path that cannot be a database stops startup with its error.
+        replay_store = SqliteReplayStore(settings.replay.path)
+        observer = MetricsReplayObserver(metrics)
+        if settings.replay.writer == "process":
+            recorder = ProcessReplayRecorder.from_config(settings.replay, observer=observer)
+        else:
+            recorder = ReplayRecorder.from_config(settings.replay, observer=observer)
         recorder.start()
         metrics.replay_queue_depth.set_function(recorder.queue_depth)
-        replay_store = SqliteReplayStore(settings.replay.path)
     router = Router(settings, store, metrics, recorder=recorder)
     server = ExtProcServer(router, metrics, replay_store=replay_store)
     http: ReplayHttpServer | None = None
@@ -171,7 +179,9 @@ async def serve(config_path: str, options: ServeOptions) -> int:
     await server.stop(settings.server.drain_seconds)
     if http is not None:
         await http.stop()
-    if recorder is not None:
+    if isinstance(recorder, ProcessReplayRecorder):
+        await recorder.close()  # hands over what is queued; the writer commits it and exits
+    elif recorder is not None:
         # The writer thread flushes what is queued; joining it must not block the loop.
         await asyncio.to_thread(recorder.close)
     await store.close()

@@ -95,6 +95,15 @@ async def test_fail_open_to_none_routes_every_turn_as_fresh(
     assert elapsed < 2.0, "the breaker did not stop paying the Redis timeout"
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
 def with_replay(path: Path, **extra: Any) -> Any:
     def edit(raw: dict[str, Any]) -> None:
         raw["replay"] = {"enabled": True, "path": str(path), "flush_interval_ms": 20, **extra}
@@ -128,7 +137,11 @@ async def test_replay_disk_full_drops_and_counts_while_requests_flow(
     sizes = [p.stat().st_size for p in db.parent.iterdir()] + [saar.log_path.stat().st_size]
     # Every file saar writes may grow by a few KiB at most: the WAL fills at once.
     limit = max(sizes) + 8192
-    resource.prlimit(saar.process.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    # The replay writer is saar's child process (replay.writer: process): limit it too.
+    writers = child_pids(saar.process.pid)
+    assert writers, "saar started no replay writer process"
+    for pid in (saar.process.pid, *writers):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
     replies = await chat_turns(stack, 40, "disk")
     await asyncio.sleep(0.5)
     text = stack.metrics_text()

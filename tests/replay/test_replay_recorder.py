@@ -23,6 +23,7 @@ class CountingObserver:
         self.enqueued = 0
         self.dropped: dict[str, int] = {}
         self.batches: list[int] = []
+        self.starts: list[bool] = []
 
     def on_enqueued(self) -> None:
         self.enqueued += 1
@@ -32,6 +33,9 @@ class CountingObserver:
 
     def on_written(self, n: int, seconds: float) -> None:
         self.batches.append(n)
+
+    def on_writer_started(self, restart: bool) -> None:
+        self.starts.append(restart)
 
 
 class GatedStore:

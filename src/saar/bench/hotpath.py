@@ -53,6 +53,7 @@ _TICK: Final = os.sysconf("SC_CLK_TCK")
 _STEPS: Final = (("20k", "rate"), ("500k", "rate"), ("20k", "sat"))
 VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "noreplay": {"replay": {"enabled": False}},
+    "replaythread": {"replay": {"writer": "thread"}},
     "nolearn": {"server": {"learn_from_response_bodies": False}},
     "stream": {"server": {"response_path": "stream"}},
     "grpcio": {"server": {"transport": "grpcio"}},
@@ -80,7 +81,7 @@ class HotpathOptions:
     warmup_seconds: float = 1.5
     policy_seconds: float = 2.0
     profile_requests: int = 2000
-    variants: tuple[str, ...] = ("noreplay", "stream", "grpcio")
+    variants: tuple[str, ...] = ("noreplay", "replaythread", "grpcio")
     """Diagnostic saar variants run in the same rounds (``VARIANTS``): where does its CPU go?"""
     floor: bool = True
     """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor, in the
@@ -288,8 +289,22 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (saar's replay writer process)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
 def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process (all its threads), in seconds."""
+    """User + system CPU of a process (all its threads) and its children, in seconds.
+
+    Children count: saar's replay writer runs as a child process by default, and its CPU is
+    saar's cost as much as a thread's would be.
+    """
     if pid is None:
         return 0.0
     try:
@@ -297,7 +312,8 @@ def _cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     # After the ")" of comm, utime and stime are fields 12 and 13 (stat fields 14 and 15).
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    return own + sum(_cpu_seconds(child) for child in _children(pid))
 
 
 # --- stacks ----------------------------------------------------------------------------------
@@ -356,7 +372,7 @@ def _contract_header(port: int) -> str | None:
 
 
 def _thread_cpu(pid: int | None) -> dict[str, float]:
-    """CPU seconds per thread name of a process (``/proc/<pid>/task/*``), summed by name."""
+    """CPU seconds per thread name of a process and its children, summed by name."""
     out: dict[str, float] = {}
     if pid is None:
         return out
@@ -368,6 +384,9 @@ def _thread_cpu(pid: int | None) -> dict[str, float]:
             except OSError:
                 continue
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    for child in _children(pid):  # the writer process's threads count under their names
+        for name, seconds in _thread_cpu(child).items():
+            out[name] = out.get(name, 0.0) + seconds
     return out
 
 

@@ -7,11 +7,15 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "logging_settings"]
+
+_current: tuple[str, bool] = ("info", True)
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Configure structlog (and the stdlib root logger it feeds) for the whole process."""
+    global _current  # noqa: PLW0603 - the process-wide setting, like structlog's own
+    _current = (level, json)
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -31,3 +35,8 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+
+
+def logging_settings() -> tuple[str, bool]:
+    """``(level, json)`` of the last ``configure_logging`` call: helper processes log alike."""
+    return _current

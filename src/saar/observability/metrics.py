@@ -165,7 +165,7 @@ class Metrics:
         )
         self.replay_queue_depth = Gauge(
             "saar_replay_queue_depth",
-            "Replay records waiting for the writer thread.",
+            "Replay records waiting in the serving process for the replay writer.",
             registry=r,
         )
         self.replay_dropped = Counter(
@@ -183,6 +183,13 @@ class Metrics:
             "saar_replay_batch_seconds",
             "Time the replay writer spent on one batch (off the hot path).",
             buckets=_MESSAGE_BUCKETS,
+            registry=r,
+        )
+        self.replay_writer_starts = Counter(
+            "saar_replay_writer_starts_total",
+            "Replay writer processes started (replay.writer: process), by kind: initial, "
+            "restart (the previous one exited; its unwritten items count as dropped).",
+            ["kind"],
             registry=r,
         )
         self.access_log_entries = Counter(

@@ -57,6 +57,7 @@ __all__ = [
     "RecorderStats",
     "ReplayObserver",
     "ReplayRecorder",
+    "name_os_thread",
 ]
 
 _log = structlog.get_logger("saar.replay")
@@ -71,6 +72,8 @@ class DropReason:
     DISK_FULL: Final = "disk_full"
     DB_ERROR: Final = "db_error"
     ENCODE_ERROR: Final = "encode_error"
+    WRITER_EXITED: Final = "writer_exited"
+    """The writer process died with the item handed to it (``replay.writer: process``)."""
 
 
 class ReplayObserver(Protocol):
@@ -91,6 +94,10 @@ class ReplayObserver(Protocol):
         """A batch of ``n`` items was committed in ``seconds``."""
         ...
 
+    def on_writer_started(self, restart: bool) -> None:
+        """The writer process started (``restart``: it replaces one that exited)."""
+        ...
+
 
 class NullObserver:
     """An observer that records nothing (the default)."""
@@ -104,6 +111,9 @@ class NullObserver:
     def on_written(self, n: int, seconds: float) -> None:
         """Ignore."""
 
+    def on_writer_started(self, restart: bool) -> None:
+        """Ignore."""
+
 
 @dataclass(slots=True)
 class RecorderStats:
@@ -113,6 +123,8 @@ class RecorderStats:
     written: int = 0
     batches: int = 0
     pruned: int = 0
+    restarts: int = 0
+    """Writer processes started to replace one that exited (``replay.writer: process``)."""
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -213,25 +225,17 @@ class ReplayRecorder:
         self._observer.on_enqueued()
 
     def submit(
-        self, decision: Decision, facts: RequestFacts, *, latency_s: float | None = None
+        self,
+        decision: Decision,
+        facts: RequestFacts,
+        *,
+        latency_s: float | None = None,
+        at: float | None = None,
     ) -> bool:
-        """Enqueue one decision (with the decision latency when the caller knows it)."""
-        if self._closed:
-            self._drop(DropReason.CLOSED)
-            return False
-        if len(self._queue) >= self._max:
-            self._drop(DropReason.QUEUE_FULL)
-            return False
-        self._queue.append((decision, facts, self._clock(), latency_s))
-        self.stats.enqueued += 1
-        self._observer.on_enqueued()
-        return True
+        """Enqueue one decision (with the decision latency when the caller knows it).
 
-    def record_response(self, response: ResponseFacts) -> bool:
-        """Enqueue what the response path learned about ``response.request_id``.
-
-        Call it as often as the response path learns something (status at response headers,
-        usage and tool calls at the end of the body); the store merges non-null fields.
+        ``at`` is when it was decided (default: now); the writer process passes the time the
+        serving process stamped.
         """
         if self._closed:
             self._drop(DropReason.CLOSED)
@@ -239,7 +243,25 @@ class ReplayRecorder:
         if len(self._queue) >= self._max:
             self._drop(DropReason.QUEUE_FULL)
             return False
-        self._queue.append((response, self._clock()))
+        self._queue.append((decision, facts, self._clock() if at is None else at, latency_s))
+        self.stats.enqueued += 1
+        self._observer.on_enqueued()
+        return True
+
+    def record_response(self, response: ResponseFacts, *, at: float | None = None) -> bool:
+        """Enqueue what the response path learned about ``response.request_id``.
+
+        Call it as often as the response path learns something (status at response headers,
+        usage and tool calls at the end of the body); the store merges non-null fields.
+        ``at`` is when it was learned (default: now).
+        """
+        if self._closed:
+            self._drop(DropReason.CLOSED)
+            return False
+        if len(self._queue) >= self._max:
+            self._drop(DropReason.QUEUE_FULL)
+            return False
+        self._queue.append((response, self._clock() if at is None else at))
         self.stats.enqueued += 1
         self._observer.on_enqueued()
         return True
@@ -279,7 +301,7 @@ class ReplayRecorder:
             self._observer.on_dropped(reason)
 
     def _run(self) -> None:
-        _name_os_thread(WRITER_THREAD_NAME)
+        name_os_thread(WRITER_THREAD_NAME)
         config = self._config
         interval = config.flush_interval_ms / 1000.0
         batch_size = config.batch_size
@@ -408,7 +430,7 @@ class ReplayRecorder:
             _log.warning("replay_retention_failed", error=str(exc))
 
 
-def _name_os_thread(name: str) -> None:
+def name_os_thread(name: str) -> None:
     """Give the calling thread ``name`` at the OS level (Linux; at most 15 bytes are kept).
 
     Python names threads for itself only; without this every saar thread shows as
