@@ -266,5 +266,5 @@ def test_read_frame_refuses_an_impossible_length() -> None:
 def test_writer_setting_is_validated() -> None:
     """replay.writer accepts process and thread only, and says so."""
     assert "process" == ReplayConfig().writer
-    with pytest.raises(ReplayConfigError, match="replay.writer must be one of process, thread"):
+    with pytest.raises(ReplayConfigError, match=r"replay\.writer must be one of process, thread"):
         ReplayConfig.from_mapping({"replay": {"writer": "fork"}})
