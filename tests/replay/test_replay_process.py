@@ -30,8 +30,8 @@ from saar.replay.writer import (
     KIND_WRITTEN,
     Hello,
     encode_frame,
-    read_frame,
     serve,
+    split_frames,
 )
 
 
@@ -218,10 +218,9 @@ def _frames(*frames: bytearray) -> io.BytesIO:
 
 
 def _reports(out: io.BytesIO) -> list[tuple[int, bytes]]:
-    out.seek(0)
-    reports = []
-    while (frame := read_frame(out)) is not None:
-        reports.append(frame)
+    buf = bytearray(out.getvalue())
+    reports = split_frames(buf)
+    assert not buf  # nothing but whole frames
     return reports
 
 
@@ -257,10 +256,14 @@ def test_a_stream_cut_inside_a_frame_still_commits_what_came_before(tmp_path: Pa
     assert 1 == SqliteReplayStore(config.path).count()
 
 
-def test_read_frame_refuses_an_impossible_length() -> None:
-    """A length past the frame limit means the stream is out of step."""
+def test_split_frames_keeps_a_partial_frame_and_refuses_an_impossible_length() -> None:
+    """Whole frames are taken, a partial one waits; a length past the limit is an error."""
+    whole = encode_frame(KIND_WRITTEN, (3, 0.5))
+    buf = bytearray(whole + whole[:4])
+    assert [(KIND_WRITTEN, bytes(whole[5:]))] == split_frames(buf)
+    assert bytes(whole[:4]) == bytes(buf)
     with pytest.raises(ValueError, match="out of range"):
-        read_frame(io.BytesIO(b"\xff\xff\xff\xff\x01"))
+        split_frames(bytearray(b"\xff\xff\xff\xff\x01"))
 
 
 def test_writer_setting_is_validated() -> None:

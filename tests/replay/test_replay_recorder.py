@@ -280,3 +280,16 @@ def test_writer_thread_is_named_for_the_os(tmp_path: Path) -> None:
         recorder.close()
     assert WRITER_THREAD_NAME in names
     assert "saar-replay" == WRITER_THREAD_NAME
+
+
+def test_a_recorder_drained_by_its_caller_writes_on_close(tmp_path: Path) -> None:
+    """Without its thread (the writer process runs it so), drain() and close() write all."""
+    recorder = ReplayRecorder(SqliteReplayStore(tmp_path / "r.db"), ReplayConfig())
+    (decision, f), (other, g) = _decision(1), _decision(2)
+    recorder.submit(decision, f)
+    recorder.record_response(ResponseFacts(decision.replay_id, 200))
+    recorder.submit(other, g)  # unanswered: held back by drain(), written by close()
+    assert recorder.drain() is False
+    assert 1 == recorder.store.count()
+    recorder.close()
+    assert 2 == SqliteReplayStore(tmp_path / "r.db").count()

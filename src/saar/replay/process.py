@@ -51,7 +51,6 @@ from saar.policy.facts import RequestFacts, ResponseFacts
 from saar.replay.config import ReplayConfig
 from saar.replay.recorder import DropReason, NullObserver, RecorderStats, ReplayObserver
 from saar.replay.writer import (
-    HEAD,
     KIND_DECISION,
     KIND_DROPPED,
     KIND_FLUSH,
@@ -61,6 +60,7 @@ from saar.replay.writer import (
     KIND_WRITTEN,
     Hello,
     encode_frame,
+    split_frames,
 )
 
 __all__ = ["WRITER_COMMAND", "ProcessReplayRecorder"]
@@ -385,22 +385,13 @@ class ProcessReplayRecorder:
         if not data:
             self._lose(writer)
             return
-        buf = writer.inbuf
-        buf += data
-        start = 0
+        writer.inbuf += data
         try:
-            while len(buf) - start >= HEAD.size:
-                length, kind = HEAD.unpack_from(buf, start)
-                end = start + 4 + length
-                if end > len(buf):
-                    break
-                self._report(writer, kind, bytes(buf[start + HEAD.size : end]))
-                start = end
+            for kind, body in split_frames(writer.inbuf):
+                self._report(writer, kind, body)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             _log.error("replay_writer_report_broken", error=str(exc))
             self._lose(writer)
-            return
-        del buf[:start]
 
     def _report(self, writer: _Writer, kind: int, body: bytes) -> None:
         if kind == KIND_WRITTEN:

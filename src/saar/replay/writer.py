@@ -3,11 +3,12 @@
 Theory of operation (docs/design/0006): the serving process encodes each decision and response
 as one compact msgpack frame on the event loop (~5 µs, C code) and a loop timer writes them to
 this process's stdin in batches, non-blocking. Here they are decoded back into the same frozen
-``Decision``/``RequestFacts``/``ResponseFacts`` and handed to an ordinary thread
-``ReplayRecorder``, so the batching, holding a decision back for its response, retention and
-drop accounting are the exact code the in-process writer runs. What that code costs in Python
-(building the record, the trace dict, JSON, the SQLite loop) now holds *this* interpreter's
-GIL, not the serving event loop's.
+``Decision``/``RequestFacts``/``ResponseFacts`` and queued on an ordinary ``ReplayRecorder``
+that this process drains itself every ``flush_interval_ms`` (``ReplayRecorder.drain``, no
+writer thread: one thread reads and writes), so the batching, holding a decision back for its
+response, retention and drop accounting are the exact code the in-process writer runs. What
+that code costs in Python (building the record, the trace dict, JSON, the SQLite loop) now
+holds *this* interpreter's GIL, not the serving event loop's.
 
 Wire format, both directions: a frame is ``<u32 little-endian length><u8 kind><msgpack body>``,
 the length counting the kind byte and the body. The first frame on stdin is ``HELLO`` (the
@@ -25,11 +26,13 @@ cannot cut a flush short; the serving process closes the pipe when it drains.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import struct
 import sys
-import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from typing import IO, Final
 
 import msgspec
@@ -58,7 +61,7 @@ __all__ = [
     "Hello",
     "encode_frame",
     "main",
-    "read_frame",
+    "split_frames",
 ]
 
 HEAD: Final = struct.Struct("<IB")
@@ -76,6 +79,7 @@ KIND_FLUSHED: Final = 12
 
 _MAX_FRAME: Final = 64 << 20
 """A length above this is a corrupt stream, not a frame (a decision is ~2.5 KB)."""
+_READ_BYTES: Final = 1 << 20
 
 
 class Hello(msgspec.Struct, frozen=True):
@@ -105,25 +109,26 @@ def encode_frame(kind: int, body: object) -> bytearray:
     return buf
 
 
-def read_frame(stream: IO[bytes]) -> tuple[int, bytes] | None:
-    """The next ``(kind, body)`` from ``stream``; ``None`` at a clean end of file.
+def split_frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Take the whole frames at the start of ``buf`` as ``(kind, body)``; keep the rest.
 
-    Raises ``EOFError`` when the stream ends inside a frame and ``ValueError`` for a length
-    that cannot be a frame (the stream is out of step and cannot be resynchronised).
+    Raises ``ValueError`` for a length that cannot be a frame (the stream is out of step and
+    cannot be resynchronised).
     """
-    head = stream.read(HEAD.size)
-    if not head:
-        return None
-    if len(head) < HEAD.size:
-        raise EOFError("replay writer stream ended inside a frame header")
-    length, kind = HEAD.unpack(head)
-    if not 1 <= length <= _MAX_FRAME:
-        msg = f"replay writer frame length {length} is out of range"
-        raise ValueError(msg)
-    body = stream.read(length - 1)
-    if len(body) < length - 1:
-        raise EOFError("replay writer stream ended inside a frame")
-    return kind, body
+    out: list[tuple[int, bytes]] = []
+    start = 0
+    while len(buf) - start >= HEAD.size:
+        length, kind = HEAD.unpack_from(buf, start)
+        if not 1 <= length <= _MAX_FRAME:
+            msg = f"replay writer frame length {length} is out of range"
+            raise ValueError(msg)
+        end = start + 4 + length
+        if end > len(buf):
+            break
+        out.append((kind, bytes(buf[start + HEAD.size : end])))
+        start = end
+    del buf[:start]
+    return out
 
 
 _HELLO: Final = msgspec.msgpack.Decoder(Hello)
@@ -133,17 +138,14 @@ _FLUSH: Final = msgspec.msgpack.Decoder(int)
 
 
 class _Reporter:
-    """The writer's observer: each event becomes a frame on stdout (two threads write)."""
+    """The writer's observer: each event becomes a frame on stdout."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
-        self._lock = threading.Lock()
 
     def send(self, kind: int, body: object) -> None:
-        frame = encode_frame(kind, body)
-        with self._lock:
-            self._out.write(frame)
-            self._out.flush()
+        self._out.write(encode_frame(kind, body))
+        self._out.flush()
 
     def on_enqueued(self) -> None:
         """The serving process counts its own enqueues."""
@@ -161,59 +163,97 @@ class _Reporter:
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
-    """Run the writer on two byte streams until ``stdin`` ends; returns the exit code."""
+    """Run the writer on two byte streams until ``stdin`` ends; returns the exit code.
+
+    One thread does everything: wait for input until the next flush is due, queue what
+    arrived, write what is queued every ``flush_interval_ms``. A second thread would be woken
+    on every GIL release of this one (each read) and cost more than it saves.
+    """
     log = structlog.get_logger("saar.replay")
-    first = read_frame(stdin)
-    if first is None:
+    # Every read goes through _Frames (one buffer): a buffered reader would keep bytes that
+    # select() then never reports.
+    frames = _Frames(stdin)
+    batch: list[tuple[int, bytes]] | None = []
+    while batch == []:
+        batch = frames.wait(None)
+    if not batch:
         return 0  # the serving process went away before it said anything
-    kind, body = first
+    kind, body = batch.pop(0)
     if kind != KIND_HELLO:
         print(f"saar replay writer: expected HELLO, got frame kind {kind}", file=sys.stderr)
         return 2
     hello = _HELLO.decode(body)
     configure_logging(hello.log_level, json=hello.log_json)
     reporter = _Reporter(stdout)
-    recorder = ReplayRecorder.from_config(hello.config, observer=reporter)
-    recorder.start()
-    handlers: dict[int, Callable[[bytes], None]] = {}
-
-    def decision(data: bytes) -> None:
-        d, facts, at, latency = _DECISION.decode(data)
-        recorder.submit(d, facts, latency_s=latency, at=at)
-
-    def response(data: bytes) -> None:
-        r, at = _RESPONSE.decode(data)
-        recorder.record_response(r, at=at)
-
-    def flush(data: bytes) -> None:
-        token = _FLUSH.decode(data)
-        reporter.send(KIND_FLUSHED, (token, recorder.flush(30.0)))
-
-    handlers[KIND_DECISION] = decision
-    handlers[KIND_RESPONSE] = response
-    handlers[KIND_FLUSH] = flush
+    recorder = ReplayRecorder.from_config(hello.config, observer=reporter, yield_gil=False)
+    interval = hello.config.flush_interval_ms / 1000.0
     code = 0
+    due = time.monotonic() + interval
     try:
-        while (frame := read_frame(stdin)) is not None:
-            kind, body = frame
-            handler = handlers.get(kind)
-            try:
-                if handler is None:
-                    msg = f"unknown frame kind {kind}"
-                    raise ValueError(msg)
-                handler(body)
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
-                # One bad item is lost and counted; the frames around it are intact.
-                reporter.on_dropped(DropReason.ENCODE_ERROR)
-                log.exception("replay_writer_bad_frame", kind=kind)
+        while batch is not None:
+            for kind, body in batch:
+                try:
+                    if kind == KIND_DECISION:
+                        d, facts, at, latency = _DECISION.decode(body)
+                        recorder.submit(d, facts, latency_s=latency, at=at)
+                    elif kind == KIND_RESPONSE:
+                        response, at = _RESPONSE.decode(body)
+                        recorder.record_response(response, at=at)
+                    elif kind == KIND_FLUSH:
+                        recorder.drain(final=True)
+                        reporter.send(KIND_FLUSHED, (_FLUSH.decode(body), True))
+                    else:
+                        msg = f"unknown frame kind {kind}"
+                        raise ValueError(msg)
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
+                    # One bad item is lost and counted; the frames around it are intact.
+                    reporter.on_dropped(DropReason.ENCODE_ERROR)
+                    log.exception("replay_writer_bad_frame", kind=kind)
+            if time.monotonic() >= due:
+                recorder.drain()
+                due = time.monotonic() + interval
+            batch = frames.wait(max(0.0, due - time.monotonic()))  # None: end of input
     except (EOFError, ValueError, OSError) as exc:
         # The stream is out of step (or gone): write what we hold and let the serving
         # process start a fresh writer.
         log.error("replay_writer_stream_broken", error=str(exc))
         code = 1
     finally:
-        recorder.close(30.0)
+        recorder.close()
     return code
+
+
+class _Frames:
+    """Whole frames from a pipe, as they arrive, waiting at most until a deadline."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError):  # an in-memory stream (tests): read it whole
+            self._fd = None
+
+    def wait(self, within_s: float | None) -> list[tuple[int, bytes]] | None:
+        """The frames that arrived within ``within_s`` (``None``: no limit; maybe none).
+
+        ``None`` at end of input.
+
+        Raises ``EOFError`` when the input ends inside a frame.
+        """
+        if self._fd is None:
+            data = self._stream.read(_READ_BYTES)
+        else:
+            ready, _, _ = select.select([self._fd], [], [], within_s)
+            if not ready:
+                return []
+            data = os.read(self._fd, _READ_BYTES)
+        if not data:
+            if self._buf:
+                raise EOFError("replay writer stream ended inside a frame")
+            return None
+        self._buf += data
+        return split_frames(self._buf)
 
 
 def main(argv: list[str] | None = None) -> int:
