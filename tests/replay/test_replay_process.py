@@ -28,6 +28,7 @@ from saar.replay.writer import (
     KIND_HELLO,
     KIND_RESPONSE,
     KIND_WRITTEN,
+    WRITER_NICE,
     Hello,
     encode_frame,
     serve,
@@ -87,13 +88,15 @@ async def test_process_writer_stores_what_the_thread_writer_would(tmp_path: Path
 
 
 async def test_writer_process_is_named_and_exits_with_the_recorder(tmp_path: Path) -> None:
-    """ps shows the writer as saar-replay; close() leaves no process behind."""
+    """ps shows the writer as saar-replay at a lower priority; close() leaves no process."""
     recorder = ProcessReplayRecorder(ReplayConfig(path=str(tmp_path / "r.db")))
     recorder.start()
     assert await recorder.flush(10)
     pid = recorder.pid
     assert pid is not None
     assert WRITER_THREAD_NAME == Path(f"/proc/{pid}/comm").read_text().strip()
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert os.getpriority(os.PRIO_PROCESS, 0) + WRITER_NICE == int(stat[16])  # nice
     await recorder.close()
     assert recorder.pid is None
     assert not Path(f"/proc/{pid}").exists()

@@ -461,7 +461,26 @@ async def _measure(
                 }
         rounds.append(row)
     sizes["saar_idle_cpu_percent"] = round(100.0 * idle_cpu, 2)
+    # Did replay keep up? A writer that falls behind shows as drops, not as a faster saar.
+    sizes["replay"] = {
+        name: await asyncio.to_thread(_replay_counts, stack)
+        for name, stack in stacks.items()
+        if name.startswith("saar") and stack.ports.metrics is not None
+    }
     return rounds, sizes
+
+
+def _replay_counts(stack: LocalStack) -> dict[str, float]:
+    """Replay records written and dropped (all reasons) so far, from saar's metrics."""
+    url = f"http://127.0.0.1:{stack.ports.metrics}/metrics"
+    out = {"written": 0.0, "dropped": 0.0}
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("saar_replay_written_total "):
+                out["written"] += float(line.split()[-1])
+            elif line.startswith("saar_replay_dropped_total{"):
+                out["dropped"] += float(line.split()[-1])
+    return out
 
 
 def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -782,6 +801,15 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     }
 
 
+def _replay_line(counts: dict[str, dict[str, float]]) -> str:
+    parts = [
+        f"`{name}` {c['written']:,.0f} written / {c['dropped']:,.0f} dropped"
+        for name, c in counts.items()
+        if c["written"] or c["dropped"]
+    ]
+    return "Replay records over the whole run: " + ("; ".join(parts) or "-") + "."
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The hot-path result as Markdown."""
     s = doc["summary"]
@@ -795,6 +823,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['body_bytes']['saar_idle_cpu_percent']}% · 1-min load average "
         f"{doc['load_average_1m']['start']} at start, {doc['load_average_1m']['end']} at end "
         "(other work shares this box)",
+        "",
+        _replay_line(doc["body_bytes"].get("replay", {})),
         "",
         "| Step | Envoy alone p50 / p95 / p99 ms | Envoy + saar p50 / p95 / p99 ms | "
         "Added p50 / p95 / p99 ms | Throughput alone / saar req/s | "

@@ -26,6 +26,7 @@ cannot cut a flush short; the serving process closes the pipe when it drains.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -58,6 +59,7 @@ __all__ = [
     "KIND_HELLO",
     "KIND_RESPONSE",
     "KIND_WRITTEN",
+    "WRITER_NICE",
     "Hello",
     "encode_frame",
     "main",
@@ -80,6 +82,8 @@ KIND_FLUSHED: Final = 12
 _MAX_FRAME: Final = 64 << 20
 """A length above this is a corrupt stream, not a frame (a decision is ~2.5 KB)."""
 _READ_BYTES: Final = 1 << 20
+WRITER_NICE: Final = 10
+"""How much lower the writer process's CPU priority is than saar's (``nice``)."""
 
 
 class Hello(msgspec.Struct, frozen=True):
@@ -262,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     name_os_thread(WRITER_THREAD_NAME)  # the process shows as saar-replay in ps and top
+    # Background work: when it shares cores with Envoy and the event loop, they go first.
+    # Its bursts (a whole interval's records at once) otherwise delay the requests in flight.
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICE)
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
     # stdout is the protocol: a stray print must not corrupt it.
