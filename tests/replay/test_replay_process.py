@@ -274,3 +274,14 @@ def test_writer_setting_is_validated() -> None:
     assert "process" == ReplayConfig().writer
     with pytest.raises(ReplayConfigError, match=r"replay\.writer must be one of process, thread"):
         ReplayConfig.from_mapping({"replay": {"writer": "fork"}})
+
+
+def test_an_item_that_cannot_be_encoded_is_counted_not_raised(tmp_path: Path) -> None:
+    """A fact msgpack cannot carry drops that one item as encode_error; the call returns."""
+    recorder = ProcessReplayRecorder(ReplayConfig(path=str(tmp_path / "r.db")))
+    decision, f = _decision(1)
+    odd = facts("odd", headers={"x-odd": object()})
+    assert recorder.submit(decision, odd) is False
+    assert recorder.submit(decision, f) is True
+    assert {DropReason.ENCODE_ERROR: 1} == recorder.stats.dropped
+    assert 1 == recorder.queue_depth()

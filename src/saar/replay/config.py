@@ -90,7 +90,7 @@ class ReplayConfig:
     writer: str = "process"
     """Where records are built and written: ``process`` (a ``saar-replay`` child process, so
     the writer's Python work never holds the serving event loop's GIL; docs/design/0006) or
-    ``thread`` (a thread of the serving process: one process, ~30 MB less memory)."""
+    ``thread`` (a thread of the serving process: one process, ~33 MB less memory)."""
 
     def __post_init__(self) -> None:
         """Validate every field, naming its YAML path."""

@@ -180,29 +180,19 @@ class ProcessReplayRecorder:
         self, decision: Decision, facts: RequestFacts, *, latency_s: float | None = None
     ) -> bool:
         """Enqueue one decision: one msgpack frame, O(1), never blocks or raises."""
-        if self._closed or self._queued >= self._max:
-            self._drop(DropReason.CLOSED if self._closed else DropReason.QUEUE_FULL)
-            return False
-        try:
-            frame = encode_frame(KIND_DECISION, (decision, facts, self._clock(), latency_s))
-        except Exception:  # a decision that cannot be encoded must not fail the request
-            self._drop(DropReason.ENCODE_ERROR)
-            _log.exception("replay_encode_error")
-            return False
-        self._frames.append(frame)
-        self._queued += 1
-        self.stats.enqueued += 1
-        self._observer.on_enqueued()
-        return True
+        return self._enqueue(KIND_DECISION, (decision, facts, self._clock(), latency_s))
 
     def record_response(self, response: ResponseFacts) -> bool:
         """Enqueue what the response path learned about ``response.request_id``."""
+        return self._enqueue(KIND_RESPONSE, (response, self._clock()))
+
+    def _enqueue(self, kind: int, body: tuple[object, ...]) -> bool:
         if self._closed or self._queued >= self._max:
             self._drop(DropReason.CLOSED if self._closed else DropReason.QUEUE_FULL)
             return False
         try:
-            frame = encode_frame(KIND_RESPONSE, (response, self._clock()))
-        except Exception:
+            frame = encode_frame(kind, body)
+        except Exception:  # an item that cannot be encoded must not fail the request
             self._drop(DropReason.ENCODE_ERROR)
             _log.exception("replay_encode_error")
             return False
