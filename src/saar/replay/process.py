@@ -276,8 +276,12 @@ class ProcessReplayRecorder:
 
     def _tick(self) -> None:
         assert self._loop is not None
-        self._pump()
-        self._timer = self._loop.call_later(self._interval, self._tick)
+        try:
+            self._pump()
+        except Exception:  # a bug here must not stop the timer: records would pile up
+            _log.exception("replay_pump_error")
+        finally:
+            self._timer = self._loop.call_later(self._interval, self._tick)
 
     def _spawn(self) -> None:
         """Start a writer process (on the loop: ~2 ms of fork and exec, at start and restarts)."""
