@@ -144,9 +144,28 @@ async def serve(config_path: str, options: ServeOptions) -> int:
             metrics.config_reloads.labels(result="rejected").inc()
             _log.error("config_reload_rejected", reason=reason, error=str(exc))
             return
-        if fresh.state != router.settings.state or fresh.server != router.settings.server:
-            _log.warning("config_reload_partial", detail="server and state need a restart")
-        router.reload(replace(fresh, server=router.settings.server, state=router.settings.state))
+        running = router.settings
+        # The recorder, its writer and the replay endpoint are built once; only priors.path
+        # (read into the policy by load_settings) applies on reload.
+        kept_replay = replace(running.replay, priors_path=fresh.replay.priors_path)
+        restart = [
+            name
+            for name, old, new in (
+                ("server", running.server, fresh.server),
+                ("state", running.state, fresh.state),
+                ("replay", kept_replay, fresh.replay),
+            )
+            if old != new
+        ]
+        if restart:
+            _log.warning(
+                "config_reload_partial",
+                needs_restart=restart,
+                detail="these sections keep their running values until saar restarts",
+            )
+        router.reload(
+            replace(fresh, server=running.server, state=running.state, replay=kept_replay)
+        )
         metrics.config_reloads.labels(result="applied").inc()
         _log.info("config_reloaded", reason=reason, source=fresh.source)
 

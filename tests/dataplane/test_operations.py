@@ -126,6 +126,15 @@ async def test_config_reload_applies_good_and_keeps_old_on_bad(make_stack: Stack
         saar.signal(signal.SIGHUP)
         await asyncio.sleep(0.5)
         assert "bypass" == await action()
+        assert "config_reload_partial" not in saar.output()
+
+        raw["replay"] = {**(raw.get("replay") or {}), "queue_size": 1234}
+        config_path.write_text(yaml.safe_dump(raw))
+        saar.signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        partial = [line for line in saar.output().splitlines() if "config_reload_partial" in line]
+        assert 1 == len(partial)
+        assert '"needs_restart": ["replay"]' in partial[0]
 
         config_path.write_text("routing: [this is not valid")
         saar.signal(signal.SIGHUP)
