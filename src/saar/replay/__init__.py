@@ -1,7 +1,10 @@
 """saar.replay: Router Replay records, the off-hot-path SQLite writer, queries, priors, re-runs.
 
-The hot path only calls ``ReplayRecorder.sink`` (and ``record_response`` from the response
-path); everything else reads the store. See docs/replay.md.
+The hot path only calls ``submit`` (and ``record_response`` from the response path) on the
+recorder ``app`` built: ``saar.replay.process.ProcessReplayRecorder`` by default, or the
+in-process ``ReplayRecorder`` (``replay.writer: thread``); everything else reads the store.
+See docs/replay.md. ``saar.replay.process`` and ``saar.replay.writer`` are not imported here:
+``python -m saar.replay.writer`` imports this package first.
 """
 
 from saar.replay.config import ReplayConfig, ReplayConfigError
