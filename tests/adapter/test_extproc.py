@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from saar.policy import parse_pairs
+from saar.policy import parse_pairs, response_index_key
+from saar.policy.facts import BackendPin
 from saar.settings import Settings
 from saar.state import MemoryStore, Versioned
 from saar.testing.extproc import (
@@ -117,6 +118,34 @@ async def test_not_an_llm_call_passes_through(settings: Settings) -> None:
     assert turn.request_body_reply is None
 
 
+async def test_previous_response_on_a_backend_gone_from_config_gets_409(
+    settings: Settings,
+) -> None:
+    """A previous_response_id minted by a backend no longer configured is the client's 409.
+
+    It is not a fail-open: the unmodified request would only reach a backend that never
+    stored that response.
+    """
+    store = MemoryStore()
+    gone = BackendPin("qwen3-8b@pool_retired", "ak-0123456789abcdef01234567").encode()
+    key = response_index_key("resp_retired")
+    assert await store.compare_and_set(key, gone, expected_version=None, ttl_s=60.0) is not None
+    body = {"model": "auto", "input": "and then?", "previous_response_id": "resp_retired"}
+    async with ExtProcHarness(settings, store=store) as saar:
+        turn = await saar.exchange(body=body, path="/v1/responses", headers=SESSION)
+        metrics = saar.metrics
+        failed_open = metrics.fail_open.labels(phase="request_body", reason="internal_error")
+        counted = metrics.client_errors.labels(code="previous_response_unavailable")
+    assert turn.immediate is not None
+    assert 409 == turn.immediate.status.code
+    error = json.loads(turn.immediate.body)["error"]
+    assert "previous_response_unavailable" == error["code"]
+    assert "previous_response_id" == error["param"]
+    assert turn.cluster is None
+    assert 0.0 == failed_open._value.get()
+    assert 1.0 == counted._value.get()
+
+
 class BrokenStore(MemoryStore):
     """A store whose every load fails, as an internal error would."""
 
@@ -130,6 +159,30 @@ class SlowStore(MemoryStore):
     async def load(self, key: str) -> Versioned | None:
         await asyncio.sleep(1.0)
         return None
+
+
+class WaitingStore(MemoryStore):
+    """A store that waits a little on every load, as a network round trip would."""
+
+    async def load(self, key: str) -> Versioned | None:
+        await asyncio.sleep(0.005)
+        return await super().load(key)
+
+
+async def test_a_decision_that_waits_finishes_within_its_budget(settings: Settings) -> None:
+    """A decision that suspends is finished under the budget and routes like any other."""
+    budget = replace(settings, server=replace(settings.server, decision_budget_ms=500.0))
+    async with ExtProcHarness(budget, store=WaitingStore()) as saar:
+        first = await saar.exchange(body=chat("hello"), headers=SESSION)
+        second = await saar.exchange(body=chat("and again"), headers=SESSION)
+        timeouts = saar.metrics.fail_open.labels(phase="request_body", reason="decision_timeout")
+    assert "pool_mi300_small" == first.cluster == second.cluster
+    assert first.affinity_key == second.affinity_key
+    assert "session_aware=establish_baseline" in first.response_headers["x-vsr-learning-actions"]
+    assert (
+        "session_aware=establish_baseline" not in second.response_headers["x-vsr-learning-actions"]
+    )
+    assert 0.0 == timeouts._value.get()
 
 
 @pytest.mark.parametrize(

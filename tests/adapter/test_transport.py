@@ -27,6 +27,7 @@ from h2.connection import ConnectionState
 
 from saar.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from saar.extproc import responses
+from saar.extproc.eager import adopt
 from saar.extproc.server import ExtProcServer
 from saar.extproc.transport import (
     ACCESS_LOG_PATH,
@@ -35,7 +36,6 @@ from saar.extproc.transport import (
     Services,
     _parse_timeout,
     _percent_encode,
-    adopt,
 )
 from saar.observability.metrics import Metrics
 from saar.router import Router

@@ -39,6 +39,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from saar.extproc import headers as h
 from saar.extproc import responses
+from saar.extproc.eager import adopt
 from saar.policy.facts import Api, RequestFacts, ResponseFacts
 from saar.settings import ResponsePath
 from saar.state import StoreError, TransactionConflictError
@@ -171,9 +172,26 @@ class ExtProcStream:
             _log.info("client_error", code=err.code, status=err.status, api=api.value)
             return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
         try:
-            # asyncio.timeout, not wait_for: no extra Task and loop round trip per request.
-            async with asyncio.timeout(settings.server.decision_budget_ms / 1000.0):
-                decision = await router.route(parsed)
+            routing = router.route(parsed)
+            started = time.perf_counter()
+            try:
+                # Driven by hand: a decision that never waits (the in-process store) needs no
+                # budget timer, since nothing could interrupt it anyway (extproc/eager.py).
+                pending = routing.send(None)
+            except StopIteration as done:
+                decision = done.value
+            else:
+                # It waits (a store round trip): from here on the decision budget applies,
+                # counted from the start. asyncio.timeout, not wait_for: no extra Task.
+                budget_s = settings.server.decision_budget_ms / 1000.0
+                async with asyncio.timeout(budget_s - (time.perf_counter() - started)):
+                    decision = await adopt(routing, pending)
+        except ClientError as err:
+            # The request names state saar cannot serve (a previous_response_id whose backend
+            # left the config): the client's answer, not a fail-open to the default pool.
+            self._metrics.client_errors.labels(code=err.code).inc()
+            _log.info("client_error", code=err.code, status=err.status, api=api.value)
+            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
         except TimeoutError:
             return self._fail_open("decision_timeout", api, parsed.facts)
         except TransactionConflictError:

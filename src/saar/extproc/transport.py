@@ -37,7 +37,7 @@ import enum
 import socket as socketlib
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final, Protocol, TypeVar, cast
@@ -57,9 +57,10 @@ from google.protobuf.message import DecodeError, Message
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
+from saar.extproc.eager import adopt
 from saar.observability.metrics import Metrics
 
-__all__ = ["Forwarder", "H2Server", "ProcessStream", "Services", "adopt"]
+__all__ = ["Forwarder", "H2Server", "ProcessStream", "Services"]
 
 _log = structlog.get_logger("saar.transport")
 _M = TypeVar("_M", bound=Message)
@@ -962,35 +963,6 @@ class H2Server:
         """A call or connection ended: wake a drain that waits for idleness."""
         if self.draining:
             self._idle.set()
-
-
-async def adopt(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
-    """Finish, inside a Task, a coroutine that was started eagerly and suspended.
-
-    ``pending`` is what its last ``send(None)`` yielded: the asyncio future it waits on, or
-    ``None`` for a bare yield (``asyncio.sleep(0)``). The coroutine reads the future's
-    outcome itself when resumed, so this only waits for it; a cancellation of this Task
-    cancels the future and is thrown into the coroutine, as a Task's would be.
-    """
-    while True:
-        try:
-            if pending is None:
-                await asyncio.sleep(0)
-            else:
-                # asyncio.wait leaves the outcome (result, error) for the coroutine to read.
-                await asyncio.wait((pending,))
-        except asyncio.CancelledError as cancelled:
-            if pending is not None:
-                pending.cancel()
-            try:
-                pending = coro.throw(cancelled)
-            except StopIteration as done:
-                return done.value
-            continue
-        try:
-            pending = coro.send(None)
-        except StopIteration as done:
-            return done.value
 
 
 def _internal(error: BaseException) -> _RpcError:
