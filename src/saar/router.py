@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from saar import policy
+from saar.eager import adopt
 from saar.observability.metrics import Metrics
 from saar.policy.decision import Decision
 from saar.policy.facts import BackendPin, RequestFacts, ResponseFacts
@@ -247,11 +248,17 @@ class Router:
             metrics.child(metrics.access_log_entries, "unknown").inc()
             return False
         metrics.child(metrics.access_log_entries, "matched").inc()
-        self.observe_response(entry[0], status=status, served_by=served_by)
+        # The response is long gone when its log entry arrives: learning now delays nothing.
+        self.observe_response(entry[0], status=status, served_by=served_by, now=True)
         return True
 
-    def observe_response(self, decision: Decision, *, status: int, served_by: str | None) -> None:
-        """Learn from the response status off the hot path (never delays the response)."""
+    def observe_response(
+        self, decision: Decision, *, status: int, served_by: str | None, now: bool = False
+    ) -> None:
+        """Learn from the response status off the hot path (never delays the response).
+
+        ``now``: as in ``learn``.
+        """
         pool = decision.target.pool
         status_class = f"{status // 100}xx" if 100 <= status < 600 else "unknown"
         metrics = self._metrics
@@ -262,10 +269,16 @@ class Router:
             served_by=served_by,
             physical=decision.target.key,
         )
-        self.learn(decision, response)
+        self.learn(decision, response, now=now)
 
-    def learn(self, decision: Decision, response: ResponseFacts) -> None:
-        """Record ``response`` and fold it into router memory, off the hot path."""
+    def learn(self, decision: Decision, response: ResponseFacts, *, now: bool = False) -> None:
+        """Record ``response`` and fold it into router memory, off the hot path.
+
+        By default the store work runs in a Task, after the caller's reply is on its way (a
+        response message saar must answer). ``now=True`` (the access log, which nobody waits
+        for) runs it at once and gives a Task only to work that waits on the store: on the
+        in-process store a Task per response cost more than the update itself.
+        """
         if self._recorder is not None:
             try:
                 self._recorder.record_response(response)
@@ -274,11 +287,11 @@ class Router:
                 _log.exception("replay_response_error")
         entries = policy.index_entries(decision, response)
         if entries:
-            self._spawn(self._index(entries), "index_response")
+            self._spawn(self._index(entries), "index_response", now=now)
         key = decision.protected_key
         if key is None:
             return
-        self._spawn(self._learn(key, response), "learn_response")
+        self._spawn(self._learn(key, response), "learn_response", now=now)
 
     async def _index(self, entries: list[tuple[str, BackendPin]]) -> None:
         ttl = self._settings.state.ttl_seconds
@@ -351,14 +364,27 @@ class Router:
                 metrics.background_errors.labels(task="replay_submit").inc()
                 _log.exception("replay_submit_error")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, now: bool = False) -> None:
+        if now:
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                return  # done without waiting: no Task
+            except Exception as exc:
+                self._background_error(name, exc)
+                return
+            task = asyncio.ensure_future(adopt(coro, pending))
+        else:
+            task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                self._metrics.background_errors.labels(task=name).inc()
-                _log.warning("background_error", task=name, error=repr(t.exception()))
+            if not t.cancelled() and (error := t.exception()) is not None:
+                self._background_error(name, error)
 
         task.add_done_callback(done)
+
+    def _background_error(self, name: str, error: BaseException) -> None:
+        self._metrics.background_errors.labels(task=name).inc()
+        _log.warning("background_error", task=name, error=repr(error))

@@ -109,7 +109,10 @@ class ServerSettings:
     fail_open_pool: str = ""
     """The pool of Envoy's default route: where requests go when saar is unavailable."""
     decision_budget_ms: float = 150.0
-    """Upper bound on the time spent deciding one request before failing open."""
+    """Upper bound on the time spent deciding one request before failing open.
+
+    Enforced where a decision can be interrupted: at its waits on the session store. A
+    decision on the in-process store never waits and arms no timer."""
     hash_identities_in_logs: bool = True
     drain_seconds: float = 20.0
     """How long a draining saar waits for in-flight streams after SIGTERM."""

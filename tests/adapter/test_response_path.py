@@ -7,6 +7,7 @@ from Envoy's gRPC access log. A Responses API stream is observed only until its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from saar.policy.decision import Decision
 from saar.policy.facts import ResponseFacts
 from saar.policy.headers import CONTRACT_HEADERS, HEADER_REPLAY_ID
 from saar.settings import ResponsePath, Settings
+from saar.state import MemoryStore, Versioned
 from saar.testing.extproc import (
     ExtProcHarness,
     access_log_message,
@@ -49,9 +51,9 @@ class LearnSpy:
         self.calls: list[tuple[Decision, ResponseFacts]] = []
         original = saar.router.learn
 
-        def learn(decision: Decision, response: ResponseFacts) -> None:
+        def learn(decision: Decision, response: ResponseFacts, *, now: bool = False) -> None:
             self.calls.append((decision, response))
-            original(decision, response)
+            original(decision, response, now=now)
 
         saar.router.learn = learn  # type: ignore[method-assign]
 
@@ -254,3 +256,57 @@ async def test_pending_requests_are_bounded_by_count_and_age(
         assert not router.observe_logged("synthetic-0", status=200, served_by=None)
         assert router.observe_logged("synthetic-1000", status=200, served_by=None)
         await router.drain()
+
+
+class WaitingStore(MemoryStore):
+    """A store that waits a little on every load, as a network round trip would."""
+
+    async def load(self, key: str) -> Versioned | None:
+        await asyncio.sleep(0.002)
+        return await super().load(key)
+
+
+@pytest.mark.parametrize("waits", [False, True])
+async def test_an_access_log_entry_is_learned_at_once_unless_the_store_waits(
+    settings: Settings, waits: bool
+) -> None:
+    """The access log's learning runs inline; only work that waits on the store gets a Task."""
+    store = WaitingStore() if waits else MemoryStore()
+    async with ExtProcHarness(settings, store=store) as saar:
+        router = saar.router
+        routed: list[Decision] = []
+        original = router.await_log
+
+        def capture(decision: Decision) -> None:
+            routed.append(decision)
+            original(decision)
+
+        router.await_log = capture  # type: ignore[method-assign]
+        # Routed; its log entry is handed to the router below, by hand.
+        stream = saar.open()
+        await stream.send(
+            request_headers_message({":path": "/v1/chat/completions", ":method": "POST", **SESSION})
+        )
+        await stream.send(request_body_message(json.dumps(chat("hello")).encode()))
+        await stream.close()
+        (decision,) = routed
+        key = decision.protected_key
+        assert key is not None
+        before = await store.load(key)
+        assert before is not None
+        assert router.observe_logged(decision.replay_id, status=503, served_by="127.0.0.1:18101")
+        # A memory-store load never suspends: no Task could have run in between.
+        now = await MemoryStore.load(store, key)
+        assert now is not None
+        if waits:
+            assert before.version == now.version
+            await router.drain()
+            now = await store.load(key)
+            assert now is not None
+        assert before.version + 1 == now.version
+        assert 0.0 == (
+            saar.metrics.registry.get_sample_value(
+                "saar_background_errors_total", {"task": "learn_response"}
+            )
+            or 0.0
+        )

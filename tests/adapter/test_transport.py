@@ -26,8 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2.connection import ConnectionState
 
 from saar.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from saar.eager import adopt
 from saar.extproc import responses
-from saar.extproc.eager import adopt
 from saar.extproc.server import ExtProcServer
 from saar.extproc.transport import (
     ACCESS_LOG_PATH,

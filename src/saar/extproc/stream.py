@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING
 import structlog
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from saar.eager import adopt
 from saar.extproc import headers as h
 from saar.extproc import responses
-from saar.extproc.eager import adopt
 from saar.policy.facts import Api, RequestFacts, ResponseFacts
 from saar.settings import ResponsePath
 from saar.state import StoreError, TransactionConflictError
@@ -176,7 +176,7 @@ class ExtProcStream:
             started = time.perf_counter()
             try:
                 # Driven by hand: a decision that never waits (the in-process store) needs no
-                # budget timer, since nothing could interrupt it anyway (extproc/eager.py).
+                # budget timer, since nothing could interrupt it anyway (saar/eager.py).
                 pending = routing.send(None)
             except StopIteration as done:
                 decision = done.value

@@ -57,7 +57,7 @@ from google.protobuf.message import DecodeError, Message
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
-from saar.extproc.eager import adopt
+from saar.eager import adopt
 from saar.observability.metrics import Metrics
 
 __all__ = ["Forwarder", "H2Server", "ProcessStream", "Services"]
