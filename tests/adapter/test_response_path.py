@@ -58,6 +58,19 @@ class LearnSpy:
         saar.router.learn = learn  # type: ignore[method-assign]
 
 
+def capture_routed(saar: ExtProcHarness) -> list[Decision]:
+    """Every decision the router keeps for its access-log entry, in order."""
+    routed: list[Decision] = []
+    original = saar.router.await_log
+
+    def capture(decision: Decision) -> None:
+        routed.append(decision)
+        original(decision)
+
+    saar.router.await_log = capture  # type: ignore[method-assign]
+    return routed
+
+
 def counter(saar: ExtProcHarness, name: str, **labels: str) -> float:
     value = saar.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -228,14 +241,7 @@ async def test_pending_requests_are_bounded_by_count_and_age(
     bounded = with_server(settings, access_log_pending_max=1_000, access_log_pending_seconds=60.0)
     async with ExtProcHarness(bounded) as saar:
         router = saar.router
-        routed: list[Decision] = []
-        original = router.await_log
-
-        def capture(decision: Decision) -> None:
-            routed.append(decision)
-            original(decision)
-
-        router.await_log = capture  # type: ignore[method-assign]
+        routed = capture_routed(saar)
         for i in range(3):
             # Routed, but Envoy never logs them (as with a bootstrap without saar's logger).
             stream = saar.open()
@@ -274,14 +280,7 @@ async def test_an_access_log_entry_is_learned_at_once_unless_the_store_waits(
     store = WaitingStore() if waits else MemoryStore()
     async with ExtProcHarness(settings, store=store) as saar:
         router = saar.router
-        routed: list[Decision] = []
-        original = router.await_log
-
-        def capture(decision: Decision) -> None:
-            routed.append(decision)
-            original(decision)
-
-        router.await_log = capture  # type: ignore[method-assign]
+        routed = capture_routed(saar)
         # Routed; its log entry is handed to the router below, by hand.
         stream = saar.open()
         await stream.send(
