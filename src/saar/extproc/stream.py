@@ -134,9 +134,7 @@ class ExtProcStream:
             # default pool; it is the client's error like any other empty body.
             self._stage = "done"
             err = ClientError.invalid_json("request body is empty")
-            self._metrics.client_errors.labels(code=err.code).inc()
-            _log.info("client_error", code=err.code, status=err.status, api=api.value)
-            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
+            return self._client_error(api, err)
         if api is None:
             self._stage = "done"
             self._metrics.passthrough.labels(reason="not_an_llm_call").inc()
@@ -168,9 +166,7 @@ class ExtProcStream:
             )
             router.check_model(parsed.facts)
         except ClientError as err:
-            self._metrics.client_errors.labels(code=err.code).inc()
-            _log.info("client_error", code=err.code, status=err.status, api=api.value)
-            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
+            return self._client_error(api, err)
         try:
             routing = router.route(parsed)
             started = time.perf_counter()
@@ -189,9 +185,7 @@ class ExtProcStream:
         except ClientError as err:
             # The request names state saar cannot serve (a previous_response_id whose backend
             # left the config): the client's answer, not a fail-open to the default pool.
-            self._metrics.client_errors.labels(code=err.code).inc()
-            _log.info("client_error", code=err.code, status=err.status, api=api.value)
-            return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
+            return self._client_error(api, err)
         except TimeoutError:
             return self._fail_open("decision_timeout", api, parsed.facts)
         except TransactionConflictError:
@@ -223,6 +217,12 @@ class ExtProcStream:
             body=parsed.rewrite_model(decision.target.model),
             contract=contract,
         )
+
+    def _client_error(self, api: Api, err: ClientError) -> ep.ProcessingResponse:
+        """Answer bad input with the API's error shape; it is counted and changes no state."""
+        self._metrics.client_errors.labels(code=err.code).inc()
+        _log.info("client_error", code=err.code, status=err.status, api=api.value)
+        return responses.client_error(err.status, error_body(api, err), f"saar_{err.code}")
 
     def _fail_open(
         self, reason: str, api: Api, facts: RequestFacts, **fields: str
