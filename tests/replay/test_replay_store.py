@@ -195,3 +195,45 @@ def test_wal_reader_reads_while_writer_writes(tmp_path: Path) -> None:
 def journal_mode(path: Path) -> str:
     with sqlite3.connect(path) as db:
         return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_only_indexes_a_query_uses_exist_and_an_old_files_extra_index_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """Every index costs each insert a b-tree update: the writer keeps none that no query reads."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE records (replay_id TEXT PRIMARY KEY, ts REAL NOT NULL, session_id TEXT, "
+        "conversation_id TEXT, protected_key TEXT, body BLOB NOT NULL, response BLOB);"
+        "CREATE INDEX records_key ON records (protected_key, ts);"
+    )
+    old.close()
+    store = SqliteReplayStore(path)
+    store.write([_record("r1", session_id="s1")], [])
+    store.close()
+    db = sqlite3.connect(path)
+    names = {
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'"
+        )
+    }
+    assert names == {"sqlite_autoindex_records_1", "records_ts", "records_session"}
+    plans = {
+        "session": "SELECT body FROM records WHERE session_id = ? ORDER BY ts DESC LIMIT 5",
+        "scan": "SELECT body FROM records WHERE ts >= ? AND ts <= ? ORDER BY ts, replay_id",
+        "get": "SELECT body FROM records WHERE replay_id = ?",
+    }
+    expected = {
+        "session": "records_session",
+        "scan": "records_ts",
+        "get": "sqlite_autoindex_records_1",
+    }
+    for name, sql in plans.items():
+        plan = " ".join(
+            str(row[-1])
+            for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", (1, 2)[: sql.count("?")])
+        )
+        assert expected[name] in plan, (name, plan)
+    db.close()
