@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from saar.bench.command import register
-from saar.bench.hotpath import main_hotpath
+from saar.bench.hotpath import capacity, main_hotpath
 from saar.bench.live import LiveOptions, run_live
+from saar.replay.recorder import WRITER_THREAD_NAME
 
 pytestmark = pytest.mark.dataplane
 
@@ -43,7 +44,15 @@ def test_hotpath_small_writes_ratios(tmp_path: Path) -> None:
         assert 0 == summary[key]["errors"]
     assert summary["added/20k/rate"]["ratio_saar_over_plain"]["p50"] > 0
     assert doc["policy_decisions_per_s"]["decide"] > 0
-    assert "| 2 msgs, h2 |" in (tmp_path / "hotpath-small.md").read_text()
+    # The writer process's CPU is measured apart from the event loop's (capacity per core).
+    cap = doc["capacity"]
+    assert cap["writer_us_per_request"] > 0
+    assert cap["loop_us_per_request"] + cap["writer_us_per_request"] == pytest.approx(
+        summary["saar/20k/sat"]["cpu_us_per_request"]["saar"], abs=0.2
+    )
+    md = (tmp_path / "hotpath-small.md").read_text()
+    assert "| 2 msgs, h2 |" in md
+    assert f"**{cap['decisions_per_s_per_loop_core']:,}/s**" in md
     for name in ("hotpath-small.json", "hotpath-small.md", "hotpath-small-profile.txt"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -54,3 +63,19 @@ def test_bench_subcommand_registers() -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "matrix", "--small"])
     assert ("matrix", True) == (args.which, args.small)
+
+
+def test_capacity_per_core_is_the_event_loops_cpu_without_the_writer_process() -> None:
+    """1e6 / (saar's CPU per request at saturation - its replay writer's); absent without data."""
+    summary = {
+        "saar/20k/sat": {
+            "cpu_us_per_request": {"saar": 700.0, "envoy": 300.0},
+            "saar_threads_us_per_request": {"python3": 600.0, WRITER_THREAD_NAME: 100.0},
+        }
+    }
+    assert capacity(summary) == {
+        "loop_us_per_request": 600.0,
+        "writer_us_per_request": 100.0,
+        "decisions_per_s_per_loop_core": 1667,
+    }
+    assert capacity({}) == {}

@@ -787,6 +787,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     }
     return {
         "benchmark": "hot-path",
+        "capacity": capacity(summary),
         "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
@@ -798,6 +799,30 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
         "policy_decisions_per_s": decisions,
         "on_message_profile": profile,
         "targets": targets,
+    }
+
+
+def capacity(summary: dict[str, Any]) -> dict[str, float]:
+    """What one saar process decides per second on a core of its own, from measured CPU.
+
+    The saturation step saturates the whole box: the load generator, Envoy and the upstream
+    share saar's two cores, so its throughput is the box's, not saar's. A saar process is one
+    event loop (one core at most) plus its replay writer process (another core): the loop's
+    CPU per request at saturation bounds what one saar process can decide per second. This is
+    arithmetic on the measured CPU, reported beside the measured saturation, not instead of it.
+    """
+    sat = summary.get("saar/20k/sat")
+    if not sat:
+        return {}
+    total = sat["cpu_us_per_request"].get("saar", 0.0)
+    writer = sat.get("saar_threads_us_per_request", {}).get(WRITER_THREAD_NAME, 0.0)
+    loop = total - writer
+    if loop <= 0:
+        return {}
+    return {
+        "loop_us_per_request": round(loop, 1),
+        "writer_us_per_request": round(writer, 1),
+        "decisions_per_s_per_loop_core": round(1e6 / loop),
     }
 
 
@@ -850,6 +875,18 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{plain['cpu_us_per_request'].get('envoy', 0):,.0f} / "
             f"{saar['cpu_us_per_request'].get('envoy', 0):,.0f} |"
         )
+    cap = doc.get("capacity") or {}
+    if cap:
+        lines += [
+            "",
+            "One saar process on a core of its own (derived from the saturation row's "
+            "measured CPU, not measured alone): its serving process (the event loop) spends "
+            f"{cap['loop_us_per_request']:,.0f} µs per request, so it decides about "
+            f"**{cap['decisions_per_s_per_loop_core']:,}/s**; its replay writer process adds "
+            f"{cap['writer_us_per_request']:,.0f} µs per request on another core. The saturation "
+            "row itself is the whole box's: the load generator, "
+            "Envoy and the upstream run on the same two cores.",
+        ]
     for variant in VARIANTS:
         if not any(k.startswith(f"saar-{variant}/") for k in s):
             continue
