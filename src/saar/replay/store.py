@@ -8,10 +8,10 @@ and ``scan`` to indexed range queries, ``add_outcome`` to ``INSERT ... ON CONFLI
 RETURNING``; the recorder and every query above it only see the Protocol. (Not built: one
 process per host writes its own file today.)
 
-Rows: ``records`` holds the record's JSON (``body``), the merged response JSON and the columns
-queries filter on (replay id, session, conversation, time) and the protected key, which no
-query filters on. Only indexes a query uses exist (id, time, session): every insert updates each
-b-tree, and one keyed by a hash lands on a random page. Files written by earlier builds carry
+Rows: ``records`` holds the record's JSON (``body``), the merged response JSON, the columns
+queries filter on (replay id, session, conversation, time) and the protected key. Only the
+indexes a query uses exist (id, time, session): every insert updates each b-tree, and one
+keyed by a hash lands on a random page. Files written by earlier builds carry
 an unused ``records_key`` index on the protected key; it is dropped on open (it cost the writer
 10-20 µs a record on a 60k-200k row file).
 ``outcomes`` holds feedback, one row per ``(replay_id, key)`` so a retried POST is idempotent.
