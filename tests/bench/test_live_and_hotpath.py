@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from saar.bench.command import register
+from saar.bench.cpuidle import CpuLatencyHold
 from saar.bench.hotpath import capacity, main_hotpath
 from saar.bench.live import LiveOptions, run_live
 from saar.replay.recorder import WRITER_THREAD_NAME
@@ -55,6 +57,30 @@ def test_hotpath_small_writes_ratios(tmp_path: Path) -> None:
     assert f"**{cap['decisions_per_s_per_loop_core']:,}/s**" in md
     for name in ("hotpath-small.json", "hotpath-small.md", "hotpath-small-profile.txt"):
         assert (tmp_path / name).stat().st_size > 0
+    _assert_idle_state_diagnostic(doc, md)
+
+
+def _assert_idle_state_diagnostic(doc: dict[str, Any], md: str) -> None:
+    """The 20 KB step runs again with idle CPUs polling where the hold is possible."""
+    summary = doc["summary"]
+    reason = CpuLatencyHold().unavailable
+    if reason is not None:
+        assert doc["body_bytes"]["cpu_latency_hold"] == reason
+        assert f"Idle-state diagnostic not run: {reason}." in md
+        assert "saar/20k/poll" not in summary
+        return
+    assert doc["body_bytes"]["cpu_latency_hold"] == "held"
+    for name in ("plain", "saar", "floor2-h2"):
+        assert summary[f"{name}/20k/poll"]["throughput"] > 0
+        assert 0 == summary[f"{name}/20k/poll"]["errors"]
+    assert summary["added/20k/poll"]["ratio_saar_over_plain"]["p50"] > 0
+    # The hold took effect: the CPUs (nearly) stopped halting during the polled steps.
+    halting = summary["saar/20k/rate"]["halts_per_s"]
+    polled = summary["saar/20k/poll"]["halts_per_s"]
+    assert halting > 0
+    assert polled <= halting / 10
+    assert "| poll |" in md
+    assert "With idle CPUs polling (the diagnostic above), saar added" in md
 
 
 def test_bench_subcommand_registers() -> None:

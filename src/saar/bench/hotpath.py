@@ -41,16 +41,17 @@ from typing import Any, Final
 
 import yaml
 
+from saar.bench.cpuidle import CpuLatencyHold, halt_entries
 from saar.bench.live import repo_root
 from saar.bench.matrix import _facts, _machine
 from saar.replay.recorder import WRITER_THREAD_NAME
-from saar.settings import load_settings
+from saar.settings import Transport, load_settings
 from saar.stack import ChildProcess, LocalStack, StackPorts
 
 __all__ = ["HotpathOptions", "agent_body", "main_hotpath", "run_hotpath"]
 
 _TICK: Final = os.sysconf("SC_CLK_TCK")
-_STEPS: Final = (("20k", "rate"), ("500k", "rate"), ("20k", "sat"))
+_STEPS: Final = (("20k", "rate"), ("500k", "rate"), ("20k", "sat"), ("20k", "poll"))
 VARIANTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "noreplay": {"replay": {"enabled": False}},
     "replaythread": {"replay": {"writer": "thread"}},
@@ -87,6 +88,10 @@ class HotpathOptions:
     """Also run Envoy + a bare Python ext_proc (``saar.bench.nullproc``): the floor, in the
     2-message shape saar uses by default and in the 3-message shape of ``response_path:
     stream`` on grpc.aio, and in the 2-message shape on saar's h2 transport."""
+    idle_poll: bool = True
+    """Also run the 20 KB rate step for Envoy alone, saar and saar's own floor with idle CPUs
+    polling instead of halting (``cpuidle.CpuLatencyHold``, root only): what the node's idle
+    state adds. Where the hold is unavailable the document says why."""
 
     @classmethod
     def small(cls) -> HotpathOptions:
@@ -404,8 +409,44 @@ def _pid(stack: LocalStack, name: str) -> int | None:
     return child.process.pid if child is not None and child.process is not None else None
 
 
+async def _step(
+    stack: LocalStack, reqs: list[bytes], mode: str, level: float, seconds: float
+) -> dict[str, Any]:
+    """One timed step on one stack: latency, throughput, CPU per request, CPU halts."""
+    pids = {"saar": _pid(stack, "saar"), "envoy": _pid(stack, "envoy")}
+    before = {k: _cpu_seconds(p) for k, p in pids.items()}
+    threads_before = _thread_cpu(pids["saar"])
+    halts_before, t0 = halt_entries(), time.perf_counter()
+    if mode == "rate":
+        step = await _open_loop(stack.ports.listen, reqs, level, seconds)
+    else:
+        step = await _closed_loop(stack.ports.listen, reqs, int(level), seconds)
+    halts_after, elapsed = halt_entries(), time.perf_counter() - t0
+    after = {k: _cpu_seconds(p) for k, p in pids.items()}
+    threads_after = _thread_cpu(pids["saar"])
+    done = max(1, len(step.latencies))
+    out: dict[str, Any] = {
+        **_pct(step.latencies),
+        "throughput": round(step.throughput, 1),
+        "requests": len(step.latencies),
+        "errors": step.errors,
+        "cpu_us_per_request": {
+            k: round(1e6 * (after[k] - before[k]) / done, 1) for k in pids if pids[k] is not None
+        },
+        "saar_threads_us_per_request": {
+            t: round(1e6 * (threads_after[t] - threads_before.get(t, 0.0)) / done, 1)
+            for t in threads_after
+            if threads_after[t] - threads_before.get(t, 0.0) > 0
+        },
+    }
+    if halts_before is not None and halts_after is not None:
+        # Idle entries that stopped a CPU (all CPUs, any process's idle time) per second.
+        out["halts_per_s"] = round((halts_after - halts_before) / elapsed, 1)
+    return out
+
+
 async def _measure(
-    stacks: dict[str, LocalStack], opts: HotpathOptions
+    stacks: dict[str, LocalStack], opts: HotpathOptions, poll_stacks: tuple[str, ...] = ()
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     reqs = {
         "20k": _requests(20_000, "bench"),
@@ -420,6 +461,8 @@ async def _measure(
     idle_before, idle_t0 = _cpu_seconds(pid), time.perf_counter()
     await asyncio.sleep(opts.warmup_seconds)
     idle_cpu = (_cpu_seconds(pid) - idle_before) / (time.perf_counter() - idle_t0)
+    hold = CpuLatencyHold()
+    poll = [n for n in poll_stacks if n in stacks] if hold.unavailable is None else []
     for r in range(opts.rounds):
         order = list(stacks) if r % 2 == 0 else list(reversed(stacks))
         row: dict[str, Any] = {"round": r}
@@ -430,36 +473,19 @@ async def _measure(
         ]
         for size, mode, level in steps:
             for name in order:
-                stack = stacks[name]
-                pids = {"saar": _pid(stack, "saar"), "envoy": _pid(stack, "envoy")}
-                before = {k: _cpu_seconds(p) for k, p in pids.items()}
-                threads_before = _thread_cpu(pids["saar"])
-                if mode == "rate":
-                    step = await _open_loop(stack.ports.listen, reqs[size], level, opts.seconds)
-                else:
-                    step = await _closed_loop(
-                        stack.ports.listen, reqs[size], int(level), opts.seconds
+                row[f"{name}/{size}/{mode}"] = await _step(
+                    stacks[name], reqs[size], mode, level, opts.seconds
+                )
+        if poll:
+            # The 20 KB rate step again with idle CPUs polling instead of halting (cpuidle.py):
+            # how much of the added latency is the node's idle state, not saar's work.
+            with hold:
+                for name in (n for n in order if n in poll):
+                    row[f"{name}/20k/poll"] = await _step(
+                        stacks[name], reqs["20k"], "rate", opts.rate_20k, opts.seconds
                     )
-                after = {k: _cpu_seconds(p) for k, p in pids.items()}
-                threads_after = _thread_cpu(pids["saar"])
-                done = max(1, len(step.latencies))
-                row[f"{name}/{size}/{mode}"] = {
-                    **_pct(step.latencies),
-                    "throughput": round(step.throughput, 1),
-                    "requests": len(step.latencies),
-                    "errors": step.errors,
-                    "cpu_us_per_request": {
-                        k: round(1e6 * (after[k] - before[k]) / done, 1)
-                        for k in pids
-                        if pids[k] is not None
-                    },
-                    "saar_threads_us_per_request": {
-                        t: round(1e6 * (threads_after[t] - threads_before.get(t, 0.0)) / done, 1)
-                        for t in threads_after
-                        if threads_after[t] - threads_before.get(t, 0.0) > 0
-                    },
-                }
         rounds.append(row)
+    sizes["cpu_latency_hold"] = hold.unavailable or "held"
     sizes["saar_idle_cpu_percent"] = round(100.0 * idle_cpu, 2)
     # Did replay keep up? A writer that falls behind shows as drops, not as a faster saar.
     sizes["replay"] = {
@@ -489,7 +515,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for key in keys:
         metrics = {
             m: statistics.median(r[key][m] for r in rounds)
-            for m in ("p50", "p95", "p99", "throughput")
+            for m in ("p50", "p95", "p99", "throughput", "halts_per_s")
+            if m in rounds[0][key]
         }
         cpu: dict[str, float] = {}
         for proc in rounds[0][key]["cpu_us_per_request"]:
@@ -716,6 +743,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
     """Start the stacks, measure, and return the document (the profile is written too)."""
     root = repo_root()
     load_before = os.getloadavg()
+    transport = load_settings(root / "config" / "local.yaml").server.transport
     with tempfile.TemporaryDirectory(prefix="saar-bench-hot-") as tmp_name:
         tmp = Path(tmp_name)
         ports = iter(_distinct_ports(4 + 3 * (2 + len(_FLOORS) + len(opts.variants))))
@@ -767,7 +795,9 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     seen = await asyncio.to_thread(_contract_header, stacks[name].ports.listen)
                     if seen != "m":
                         raise RuntimeError(f"{name}: x-vsr-selected-model was {seen!r}, not 'm'")
-            rounds, sizes = await _measure(stacks, opts)
+            own = "floor2-h2" if transport is Transport.H2 else "floor2"
+            poll = ("plain", "saar", own) if opts.idle_poll else ()
+            rounds, sizes = await _measure(stacks, opts, poll)
         finally:
             for stack in stacks.values():
                 await stack.stop()
@@ -792,7 +822,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
         "options": opts.__dict__,
-        "transport": load_settings(root / "config" / "local.yaml").server.transport.value,
+        "transport": transport.value,
         "body_bytes": sizes,
         "summary": summary,
         "rounds": rounds,
@@ -949,6 +979,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"+{added['p99']:.2f} | {over} | {fl['throughput']:,.0f} | "
                     f"{fl['cpu_us_per_request'].get('saar', 0):,.0f} |"
                 )
+    lines += _idle_lines(doc)
     d = doc["policy_decisions_per_s"]
     p = doc["on_message_profile"]
     lines += [
@@ -965,8 +996,59 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for name, ok in doc["targets"].items():
         lines.append(f"- {'✅' if ok else '❌'} {name}")
+    polled = s.get("added/20k/poll")
+    if polled is not None:
+        lines += [
+            "",
+            "The targets are judged on the steps above, with the box's idle CPUs halting as "
+            "they do by default. With idle CPUs polling (the diagnostic above), saar added "
+            f"+{polled['p50']:.2f} / +{polled['p95']:.2f} / +{polled['p99']:.2f} ms "
+            "(p50 / p95 / p99).",
+        ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _idle_lines(doc: dict[str, Any]) -> list[str]:
+    """The idle-state diagnostic: the 20 KB rate step with CPUs halting (as run) and polling."""
+    s = doc["summary"]
+    hold = doc["body_bytes"].get("cpu_latency_hold")
+    if "saar/20k/poll" not in s:
+        return ["", f"Idle-state diagnostic not run: {hold}."] if hold not in (None, "held") else []
+    own = "floor2-h2" if doc.get("transport") == "h2" else "floor2"
+    lines = [
+        "",
+        f"Diagnostic, same rounds: the 20 KB @ {doc['options']['rate_20k']:.0f} req/s step "
+        "again with idle CPUs polling instead of halting (`/dev/cpu_dma_latency` held at 0 µs "
+        "for the step, as the `latency-performance` tuned profile does; "
+        "`saar.bench.cpuidle`), for Envoy alone, saar and its floor "
+        f"({_FLOORS[own][0]}). *CPU halts/s* counts idle entries that stopped a CPU, all CPUs, "
+        "during saar's step: near 0 means the hold took effect.",
+        "",
+        "| Idle CPUs | Envoy alone p50 / p95 / p99 ms | Envoy + saar p50 / p95 / p99 ms | "
+        "Added p50 / p95 / p99 ms | saar over floor p50 / p95 / p99 ms | saar CPU µs/req | "
+        "CPU halts/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, label in (("rate", "halt (the steps above)"), ("poll", "poll")):
+        plain, saar = s.get(f"plain/20k/{mode}"), s.get(f"saar/20k/{mode}")
+        added, floor = s.get(f"added/20k/{mode}"), s.get(f"{own}/20k/{mode}")
+        if plain is None or saar is None or added is None:
+            continue
+        over = (
+            " / ".join(f"{saar[m] - floor[m]:+.2f}" for m in ("p50", "p95", "p99"))
+            if floor is not None
+            else "-"
+        )
+        halts = saar.get("halts_per_s")
+        lines.append(
+            f"| {label} | {plain['p50']:.2f} / {plain['p95']:.2f} / {plain['p99']:.2f} | "
+            f"{saar['p50']:.2f} / {saar['p95']:.2f} / {saar['p99']:.2f} | "
+            f"+{added['p50']:.2f} / +{added['p95']:.2f} / +{added['p99']:.2f} | {over} | "
+            f"{saar['cpu_us_per_request'].get('saar', 0):,.0f} | "
+            f"{'-' if halts is None else f'{halts:,.0f}'} |"
+        )
+    return lines
 
 
 def main_hotpath(small: bool, out_dir: Path, stem: str | None = None) -> dict[str, Any]:
