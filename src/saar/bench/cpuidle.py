@@ -67,6 +67,7 @@ class CpuLatencyHold:
         return None
 
     def __enter__(self) -> CpuLatencyHold:
+        """Make the request; ``OSError`` if this machine does not allow it."""
         fd = os.open(self._device, os.O_WRONLY)
         try:
             # A native 32-bit integer in microseconds; the request lasts while fd is open.
@@ -83,6 +84,7 @@ class CpuLatencyHold:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Drop the request: idle CPUs may halt again."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
