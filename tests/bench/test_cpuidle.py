@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from saar.bench.cpuidle import CPU_LATENCY_DEVICE, CpuLatencyHold, halt_entries
+from saar.bench.hotpath import _idle_lines
 
 
 def _state(root: Path, cpu: int, index: int, name: str, usage: int) -> None:
@@ -65,3 +66,13 @@ def test_the_hold_keeps_idle_cpus_from_halting_on_this_machine() -> None:
     assert free > 0
     assert after > 0  # the request ends with the file: CPUs halt again
     assert held <= max(5, free // 10)
+
+
+def test_the_report_says_why_the_idle_state_step_did_not_run() -> None:
+    """Where the hold is unavailable the Markdown names the reason instead of a table."""
+    reason = "/dev/cpu_dma_latency is not writable by this user (it needs root)"
+    lines = _idle_lines({"summary": {}, "body_bytes": {"cpu_latency_hold": reason}})
+    assert f"Idle-state diagnostic not run: {reason}." in lines
+    assert not any(line.startswith("| poll |") for line in lines)
+    # Not requested (``idle_poll=False``): nothing at all.
+    assert _idle_lines({"summary": {}, "body_bytes": {}}) == []

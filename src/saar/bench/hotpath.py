@@ -485,7 +485,9 @@ async def _measure(
                         stacks[name], reqs["20k"], "rate", opts.rate_20k, opts.seconds
                     )
         rounds.append(row)
-    sizes["cpu_latency_hold"] = hold.unavailable or "held"
+    if poll_stacks:
+        # Why the idle-state diagnostic did not run, where it could not ("held" when it did).
+        sizes["cpu_latency_hold"] = hold.unavailable or "held"
     sizes["saar_idle_cpu_percent"] = round(100.0 * idle_cpu, 2)
     # Did replay keep up? A writer that falls behind shows as drops, not as a faster saar.
     sizes["replay"] = {
