@@ -797,7 +797,7 @@ async def run_hotpath(opts: HotpathOptions, out_dir: Path, stem: str) -> dict[st
                     seen = await asyncio.to_thread(_contract_header, stacks[name].ports.listen)
                     if seen != "m":
                         raise RuntimeError(f"{name}: x-vsr-selected-model was {seen!r}, not 'm'")
-            own = "floor2-h2" if transport is Transport.H2 else "floor2"
+            own = _own_floor(transport.value)
             poll = ("plain", "saar", own) if opts.idle_poll else ()
             rounds, sizes = await _measure(stacks, opts, poll)
         finally:
@@ -865,6 +865,16 @@ def _replay_line(counts: dict[str, dict[str, float]]) -> str:
         if c["written"] or c["dropped"]
     ]
     return "Replay records over the whole run: " + ("; ".join(parts) or "-") + "."
+
+
+def _own_floor(transport: str | None) -> str:
+    """The floor on saar's own transport: what *saar over floor* is measured against."""
+    return "floor2-h2" if transport == Transport.H2.value else "floor2"
+
+
+def _over(saar: dict[str, Any], floor: dict[str, Any]) -> str:
+    """The difference of saar and a floor, p50 / p95 / p99 in ms."""
+    return " / ".join(f"{saar[m] - floor[m]:+.2f}" for m in ("p50", "p95", "p99"))
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -948,7 +958,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{off['cpu_us_per_request'].get('saar', 0):,.0f} |"
             )
     if any(k.startswith("floor") for k in s):
-        own = "floor2-h2" if doc.get("transport") == "h2" else "floor2"
+        own = _own_floor(doc.get("transport"))
         lines += [
             "",
             "Floor, same rounds: Envoy + a bare Python ext_proc with no logic "
@@ -970,11 +980,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 fl, added = s.get(f"{name}/{key}"), s.get(f"added-{name}/{key}")
                 if fl is None or added is None or on is None:
                     continue
-                over = (
-                    " / ".join(f"{on[m] - fl[m]:+.2f}" for m in ("p50", "p95", "p99"))
-                    if name == own
-                    else "-"
-                )
+                over = _over(on, fl) if name == own else "-"
                 lines.append(
                     f"| {label} | {shape} | {fl['p50']:.2f} / {fl['p95']:.2f} / "
                     f"{fl['p99']:.2f} | +{added['p50']:.2f} / +{added['p95']:.2f} / "
@@ -1017,7 +1023,7 @@ def _idle_lines(doc: dict[str, Any]) -> list[str]:
     hold = doc["body_bytes"].get("cpu_latency_hold")
     if "saar/20k/poll" not in s:
         return ["", f"Idle-state diagnostic not run: {hold}."] if hold not in (None, "held") else []
-    own = "floor2-h2" if doc.get("transport") == "h2" else "floor2"
+    own = _own_floor(doc.get("transport"))
     lines = [
         "",
         f"Diagnostic, same rounds: the 20 KB @ {doc['options']['rate_20k']:.0f} req/s step "
@@ -1037,11 +1043,7 @@ def _idle_lines(doc: dict[str, Any]) -> list[str]:
         added, floor = s.get(f"added/20k/{mode}"), s.get(f"{own}/20k/{mode}")
         if plain is None or saar is None or added is None:
             continue
-        over = (
-            " / ".join(f"{saar[m] - floor[m]:+.2f}" for m in ("p50", "p95", "p99"))
-            if floor is not None
-            else "-"
-        )
+        over = _over(saar, floor) if floor is not None else "-"
         halts = saar.get("halts_per_s")
         lines.append(
             f"| {label} | {plain['p50']:.2f} / {plain['p95']:.2f} / {plain['p99']:.2f} | "
